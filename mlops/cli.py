@@ -1,0 +1,341 @@
+"""The ``mlops`` command: thin shells over plain functions. Stage paths come from dvc.yaml's cmd lines."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="MLOps platform: data, sweeps, training, registry and serving.", no_args_is_help=True)
+data_app = typer.Typer(help="Simulate, ingest, validate and prepare datasets.", no_args_is_help=True)
+registry_app = typer.Typer(help="Registry: status and promotion of model versions.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
+ExperimentsOpt = Annotated[Path, typer.Option("--experiments", help="folder of experiments/<task>.yaml")]
+PathOpt = functools.partial(typer.Option, help="path (given by dvc.yaml)")
+
+
+def friendly(fn):
+    """Known failures end with a one-paragraph message and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mlops.config import ConfigError
+        from mlops.registry.versions import PromotionError
+        from mlops.tasks import UnknownTaskError
+        from mlops.validation import ValidationFailed
+
+        try:
+            return fn(*args, **kwargs)
+        except (
+            ConfigError,
+            ValidationFailed,
+            PromotionError,
+            UnknownTaskError,
+            FileNotFoundError,
+            ConnectionError,
+            ValueError,
+        ) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _settings():
+    from mlops.settings import Settings
+
+    return Settings()
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+@data_app.command("simulate")
+@friendly
+def data_simulate(
+    tasks: Annotated[list[str] | None, typer.Argument(help="tasks (default: all in params.yaml)")] = None,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write simulated datasets in the real-data layout under OUT/<task>/."""
+    from rich.progress import Progress
+
+    from mlops.config import load_params
+    from mlops.tasks import get_task
+
+    params = load_params(params_path)
+    with Progress(console=console) as progress:
+        for name in tasks or params.tasks:
+            task, tp = get_task(name), params.task(name)
+            bar = progress.add_task(f"simulate {name}", total=task.simulated_samples(tp))
+            n = task.simulate(out / name, tp, params.base.seed, lambda k, bar=bar: progress.advance(bar, k))
+            progress.update(bar, completed=n, total=n)
+
+
+@data_app.command("ingest")
+@friendly
+def data_ingest(task: str, src: Path, out: Annotated[Path, PathOpt("--out")] = ...) -> None:
+    """Copy a real dataset (documented layout) into OUT/<task>/; then `dvc add` it."""
+    from mlops.tasks import get_task
+
+    n = get_task(task).ingest(src, out / task)
+    console.print(f"ingested {n} samples into {out / task}; now run `dvc add {out}` and `dvc repro`")
+
+
+@data_app.command("validate")
+@friendly
+def data_validate(
+    task: str,
+    raw: Annotated[Path, PathOpt("--raw")] = ...,
+    report: Annotated[Path, PathOpt("--report")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run the task's Great Expectations suite; exit 1 with a summary when it fails."""
+    from mlops.config import load_params
+    from mlops.tasks import get_task
+    from mlops.validation import validate_dataset
+
+    params = load_params(params_path)
+    result = validate_dataset(get_task(task), raw, params.task(task))
+    result.write(report)
+    console.print(result.summary())
+    if not result.success:
+        console.print(f"[bold red]validation failed[/]; report: {report}")
+        raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    task: str,
+    raw: Annotated[Path, PathOpt("--raw")] = ...,
+    validation: Annotated[Path, PathOpt("--validation")] = ...,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Split by group and augment the training split (refuses data that failed validation)."""
+    import shutil
+
+    from mlops.config import load_params
+    from mlops.tasks import get_task
+    from mlops.validation import require_valid
+
+    require_valid(validation)
+    params = load_params(params_path)
+    if out.exists():
+        shutil.rmtree(out)
+    sizes = get_task(task).prepare(raw, out, params.task(task), params.base.seed)
+    console.print(f"prepared {task}: {sizes}")
+
+
+# --- sweep / train / evaluate / register ------------------------------------------------------------
+
+
+@app.command("sweep")
+@friendly
+def sweep(
+    task: str,
+    data: Annotated[Path, PathOpt("--data")] = ...,
+    raw: Annotated[Path, PathOpt("--raw")] = ...,
+    validation: Annotated[Path, PathOpt("--validation")] = ...,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    workers: Annotated[int | None, typer.Option(help="local worker processes (default: params sweep.workers)")] = None,
+    params_path: ParamsOpt = Path("params.yaml"),
+    experiments: ExperimentsOpt = Path("experiments"),
+) -> None:
+    """Optuna sweep on local worker processes; resumes the same study when rerun."""
+    from mlops.config import load_experiment, load_params
+    from mlops.tuning.sweep import run_sweep
+    from mlops.validation import require_valid
+
+    require_valid(validation)
+    params = load_params(params_path)
+    exp = load_experiment(task, experiments)
+    result = run_sweep(
+        task,
+        params,
+        exp,
+        _settings(),
+        data,
+        raw,
+        validation,
+        workers or params.sweep.workers,
+        experiments_dir=experiments,
+    )
+    result.write(out)
+    console.print(
+        f"sweep {result.study_name}: best {result.objective_metric}={result.best_value:.4f} "
+        f"(trial {result.best_trial}; {result.n_complete} complete, {result.n_pruned} pruned)"
+    )
+
+
+@app.command("train")
+@friendly
+def train(
+    task: str,
+    best: Annotated[Path, PathOpt("--best")] = ...,
+    data: Annotated[Path, PathOpt("--data")] = ...,
+    raw: Annotated[Path, PathOpt("--raw")] = ...,
+    validation: Annotated[Path, PathOpt("--validation")] = ...,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    history: Annotated[Path, PathOpt("--history")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+    experiments: ExperimentsOpt = Path("experiments"),
+) -> None:
+    """Train the sweep's best configuration and log it (pyfunc + lineage) to MLflow."""
+    from mlops.config import load_experiment, load_params
+    from mlops.training.final import train_best
+    from mlops.validation import require_valid
+
+    require_valid(validation)
+    params = load_params(params_path)
+    record = train_best(
+        task,
+        params,
+        load_experiment(task, experiments),
+        _settings(),
+        best,
+        data,
+        raw,
+        validation,
+        out,
+        history,
+    )
+    console.print(f"trained {task}: run {record['run_id']}, model {record['model_uri']}")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate(
+    task: str,
+    model: Annotated[Path, PathOpt("--model")] = ...,
+    data: Annotated[Path, PathOpt("--data")] = ...,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    metrics: Annotated[Path, PathOpt("--metrics")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Test-split metrics, plots and explanations; logged to the training run and DVC."""
+    from mlops.config import load_params
+    from mlops.training.evaluate import evaluate_model
+
+    values = evaluate_model(task, load_params(params_path), _settings(), model, data, out, metrics)
+    console.print_json(json.dumps(values))
+
+
+@app.command("register")
+@friendly
+def register(
+    task: str,
+    model: Annotated[Path, PathOpt("--model")] = ...,
+    metrics: Annotated[Path, PathOpt("--metrics")] = ...,
+    out: Annotated[Path, PathOpt("--out")] = ...,
+    params_path: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register a version; alias `challenger` when it meets the gates in params.yaml."""
+    from mlops.config import load_params
+    from mlops.registry.versions import register_model
+
+    reg = register_model(task, load_params(params_path), _settings(), model, metrics, out)
+    if reg.challenger:
+        console.print(f"registered {task} v{reg.version} as challenger")
+    else:
+        console.print(f"registered {task} v{reg.version}; [yellow]not challenger[/]: {reg.gate_failures}")
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+
+@registry_app.command("status")
+@friendly
+def registry_status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Champion and challenger of every task, with metrics, data version and validation."""
+    from mlops.registry.versions import status
+    from mlops.tasks import task_names
+
+    rows = status(_settings(), task_names())
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="model registry")
+    for col in (
+        "task",
+        "champion",
+        "challenger",
+        "champion metrics",
+        "data (md5)",
+        "validated",
+        "promoted by",
+    ):
+        table.add_column(col)
+    for r in rows:
+        metrics = ", ".join(f"{k}={v}" for k, v in sorted((r.get("champion_metrics") or {}).items()))
+        table.add_row(
+            r["task"],
+            r["champion"] or "-",
+            r["challenger"] or "-",
+            metrics or "-",
+            r.get("champion_data") or "-",
+            str(r.get("champion_validation") or "-"),
+            str(r.get("champion_promoted_by") or "-"),
+        )
+    Console().print(table)
+
+
+@registry_app.command("promote")
+@friendly
+def registry_promote(
+    task: str,
+    version: Annotated[str, typer.Argument(help="version number or alias (e.g. challenger)")],
+    approver: Annotated[str, typer.Option(help="who approves this release")] = ...,
+    reason: Annotated[str, typer.Option(help="why")] = ...,
+    if_no_champion: Annotated[bool, typer.Option(help="only when the task has no champion yet")] = False,
+) -> None:
+    """Move alias `champion` to VERSION after checking validation and gates."""
+    from mlops.registry.versions import CHAMPION, has_alias, promote
+
+    settings = _settings()
+    if if_no_champion and has_alias(task, CHAMPION, settings):
+        console.print(f"{task} already has a champion; nothing to do")
+        return
+    promoted = promote(task, version, settings, approver, reason)
+    console.print(f"{task}: champion -> v{promoted}")
+
+
+# --- serving ----------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve every task's champion over HTTP (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from mlops.serving.app import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)
+
+
+@app.command("info")
+def info() -> None:
+    """Where the tracking store, artifacts and Optuna storage live, and how to look at them."""
+    s = _settings()
+    uri = s.resolved_tracking_uri
+    console.print(f"MLflow tracking + registry: {uri}\nartifacts: {s.resolved_artifact_root}")
+    console.print(f"Optuna storage: {s.resolved_optuna_storage}")
+    console.print(f"Open the MLflow UI:   mlflow ui --backend-store-uri {uri} --port 5000")
+    console.print("Serve the champions:  mlops serve --port 8000   (then open http://127.0.0.1:8000/docs)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

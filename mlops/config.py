@@ -1,0 +1,188 @@
+"""params.yaml and experiments/*.yaml, parsed once into typed models.
+
+Values live only in those files; this module holds their types. Every model forbids unknown keys
+and requires every key, so a typo or a missing knob is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A params or experiment file is missing, malformed, or has unknown/missing keys."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(Strict):
+    seed: int
+
+
+class SweepParams(Strict):
+    workers: Annotated[int, Field(ge=1, le=64)]
+
+
+# --- experiments/<task>.yaml --------------------------------------------------------------------
+
+
+class Objective(Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+
+class Budget(Strict):
+    n_trials: Annotated[int, Field(ge=1)]
+    epochs_per_trial: Annotated[int, Field(ge=1)]
+
+
+class SamplerSpec(Strict):
+    type: Literal["tpe", "random"]
+    n_startup_trials: Annotated[int, Field(ge=0)] = 10
+
+
+class PrunerSpec(Strict):
+    type: Literal["median", "percentile", "nop"]
+    n_startup_trials: Annotated[int, Field(ge=0)] = 5
+    n_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    percentile: Annotated[float, Field(gt=0, lt=100)] = 50.0
+
+
+class FloatParam(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+
+class IntParam(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[str | int | float | bool]
+
+
+SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Experiment(Strict):
+    objective: Objective
+    budget: Budget
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    search_space: dict[str, SearchParam]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _explain(path: Path, section: str, exc: ValidationError) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in (section, *err["loc"]) if p != "")
+        kind = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(err["type"], err["msg"])
+        lines.append(f"  {key}: {kind}")
+    return ConfigError(f"{path}:\n" + "\n".join(lines))
+
+
+def parse_section(model: type[BaseModel], data: Any, path: Path, section: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, section, exc) from exc
+
+
+class Params:
+    """The whole params.yaml: shared sections plus one typed section per task."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]):
+        from mlops.tasks import get_task, task_names  # late: tasks import this module
+
+        self.path = path
+        self.raw = raw
+        known = {"base", "tasks", "sweep"} | set(task_names())
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known tasks are {task_names()}")
+        for key in ("base", "tasks", "sweep"):
+            if key not in raw:
+                raise ConfigError(f"{path}: missing key {key}")
+        self.base: BaseParams = parse_section(BaseParams, raw["base"], path, "base")
+        self.sweep: SweepParams = parse_section(SweepParams, raw["sweep"], path, "sweep")
+        if not isinstance(raw["tasks"], list) or not raw["tasks"]:
+            raise ConfigError(f"{path}: tasks must be a non-empty list of task names")
+        self.tasks: list[str] = [get_task(t).name for t in raw["tasks"]]
+        self._sections: dict[str, Any] = {}
+        for name in self.tasks:
+            if name not in raw:
+                raise ConfigError(f"{path}: missing section {name} for listed task {name}")
+            self._sections[name] = parse_section(get_task(name).Params, raw[name], path, name)
+
+    def task(self, name: str) -> Any:
+        """The typed params section of one task (its Task.Params model)."""
+        if name not in self._sections:
+            raise ConfigError(f"{self.path}: task {name!r} is not listed under tasks: {self.tasks}")
+        return self._sections[name]
+
+    def digest(self, task: str) -> str:
+        """Hash of the params that shape one task's results (base + its section)."""
+        payload = {"base": self.raw["base"], task: self.raw.get(task)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    return Params(path, _read_yaml(path))
+
+
+def load_experiment(task: str, directory: Path | str = "experiments") -> Experiment:
+    path = Path(directory) / f"{task}.yaml"
+    return parse_section(Experiment, _read_yaml(path), path, "")
+
+
+def experiment_digest(exp: Experiment) -> str:
+    return hashlib.sha256(exp.model_dump_json().encode()).hexdigest()[:16]
+
+
+class Gates(Strict):
+    """Quality gates on test metrics: ``min`` bounds for higher-is-better, ``max`` for lower-is-better."""
+
+    min: dict[str, float]
+    max: dict[str, float]
+
+    def failures(self, metrics: dict[str, float]) -> list[str]:
+        failed = []
+        for name, bound in self.min.items():
+            value = metrics.get(name)
+            if value is None or not value >= bound:
+                failed.append(f"{name}={value} < {bound}")
+        for name, bound in self.max.items():
+            value = metrics.get(name)
+            if value is None or not value <= bound:
+                failed.append(f"{name}={value} > {bound}")
+        return failed

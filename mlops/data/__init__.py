@@ -1,0 +1,1 @@
+"""Dataset format (split folders of .npy arrays), group-aware splitting and augmentation."""

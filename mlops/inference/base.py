@@ -1,0 +1,48 @@
+"""The predictor contract between a registered model and the serving layer."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class BadInput(ValueError):
+    """A client's input cannot be used; ``status`` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Predictor(ABC):
+    """A loaded model plus its task's preprocessing and explanation. Thread-safe for reads."""
+
+    #: content types ``predict_upload`` accepts (checked by the service before calling it).
+    accepted_content_types: tuple[str, ...] = ()
+    #: decoded-size limit for uploaded images (decompression bombs); the service sets it from settings.
+    max_pixels: int = 4096 * 4096
+
+    @abstractmethod
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """Model outputs for a batch of preprocessed inputs (the MLflow pyfunc signature)."""
+
+    @abstractmethod
+    def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+        """Prediction and explanation for one uploaded file; raises BadInput for bad input."""
+
+    @abstractmethod
+    def warmup_input(self) -> np.ndarray:
+        """A tiny valid batch, used to check a freshly loaded model answers."""
+
+
+def load_predictor(weights_path: Path | str, spec_path: Path | str) -> Predictor:
+    """Rebuild a predictor from a state_dict and its JSON recipe (no unpickling of objects)."""
+    spec = json.loads(Path(spec_path).read_text())
+    module = importlib.import_module(spec["inference_module"])
+    return module.load(Path(weights_path), spec)

@@ -1,0 +1,66 @@
+"""Decoding of uploaded images with the checks a web application firewall would make."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mlops.inference.base import BadInput
+
+# Magic bytes of the formats we accept; the declared content type must agree with them.
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    for magic, kind in _MAGIC.items():
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = 4096 * 4096) -> Image.Image:
+    """Decode PNG/JPEG bytes into an RGB image; BadInput (4xx) for empty, foreign, huge or corrupt files."""
+    if not data:
+        raise BadInput("empty upload: send a PNG or JPEG photo", status=400)
+    kind = sniff_image_type(data)
+    if kind is None:
+        raise BadInput("not a PNG or JPEG image (checked by its first bytes): send a photo", status=415)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadInput(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                    status=413,
+                )
+            img.load()
+            return img.convert("RGB")
+    except BadInput:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInput(f"corrupt {kind} image, cannot be decoded ({exc}); re-export the photo", 422) from exc
+    except Image.DecompressionBombError as exc:  # pragma: no cover - PIL's own guard
+        raise BadInput(f"image too large to decode safely: {exc}", status=413) from exc
+
+
+def to_gray_input(img: Image.Image, width: int, height: int) -> np.ndarray:
+    """The models' preprocessing: grayscale, bilinear resize, scale to [0, 1] (float32, H x W)."""
+    gray = img.convert("L").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.float32) / 255.0
+
+
+def heatmap_overlay_png(gray: np.ndarray, heat: np.ndarray, scale: int = 4) -> bytes:
+    """PNG of a [0,1] heat map drawn in red-yellow over a [0,1] grayscale image, upscaled."""
+    from matplotlib import colormaps
+
+    rgb_heat = colormaps["inferno"](np.clip(heat, 0, 1))[..., :3]
+    base = np.repeat(np.clip(gray, 0, 1)[..., None], 3, axis=2)
+    blend = (0.55 * base + 0.45 * rgb_heat) * 255
+    img = Image.fromarray(blend.astype(np.uint8))
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""The MLflow model registry: versions with lineage, challenger/champion aliases, promotion."""

@@ -1,0 +1,1 @@
+"""FastAPI serving of the registry's approved models (alias ``champion``). Imports no training code."""

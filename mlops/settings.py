@@ -1,0 +1,55 @@
+"""Where things live: tracking URI, Optuna storage, DVC remote, serving limits.
+
+Chosen by environment variables (prefix ``MLOPS_``) or a ``.env`` file, never by code edits. The
+embedded defaults put everything under ``MLOPS_HOME`` (``.mlops/`` in the project root): MLflow on
+SQLite with a local artifact folder, Optuna on a journal file shared by local worker processes.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", env_file=".env", extra="ignore")
+
+    home: Path = Path(".mlops")
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    optuna_storage: str | None = None
+    dvc_remote: str = ".dvc-storage"
+    # Serving
+    max_upload_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    served_alias: str = "champion"
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or (self.home_dir / "mlartifacts").as_uri()
+
+    @property
+    def resolved_optuna_storage(self) -> str:
+        """An RDB URL (sqlite:///, postgresql://) or ``journal:<path>`` for a journal file."""
+        return self.optuna_storage or f"journal:{self.home_dir / 'optuna.journal'}"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home_dir / "checkpoints"
+
+    def ensure_home(self) -> None:
+        self.home_dir.mkdir(parents=True, exist_ok=True)
+
+
+def get_settings() -> Settings:
+    return Settings()

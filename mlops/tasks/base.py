@@ -1,0 +1,143 @@
+"""The Task interface: the only place that knows a domain.
+
+Platform code (validation, training, tuning, tracking, registry, serving) works through this interface
+and never branches on a task's name. The interface is shaped for all five studies:
+
+- 2-D photos with an ordinal label (fume_hood), 3-D frame stacks with coordinates (gas_leak),
+  binary pose-map sequences scored without labels (skeleton), EM volumes with per-voxel classes
+  (ttubule), SEM images with a class (fracture);
+- so a "sample" is whatever ``dataset()`` yields as ``(inputs, targets)`` tensors, the loss and the
+  validation metrics are the task's, and evaluation returns metrics plus image artifacts.
+
+Invariants: methods are pure with respect to their arguments (paths in, files/values out), take
+their params as the task's typed ``Params`` section, and do no work at import time.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class ModelRegistry:
+    """Name -> model builder, per task. Duplicate or unknown names fail loudly."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self._builders: dict[str, Callable[..., nn.Module]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+        def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            if name in self._builders:
+                raise ValueError(f"model {name!r} is registered twice for task {self.task!r}")
+            self._builders[name] = builder
+            return builder
+
+        return decorate
+
+    def build(self, name: str, **kwargs: Any) -> nn.Module:
+        if name not in self._builders:
+            raise KeyError(f"unknown model {name!r} for task {self.task!r}; known: {self.names()}")
+        return self._builders[name](**kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+
+@dataclass
+class Evaluation:
+    """What a task's evaluation produced: scalar metrics, image artifacts, DVC plot tables."""
+
+    metrics: dict[str, float]
+    images: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """The rebuild recipe stored next to a state_dict (no pickled objects)."""
+
+    task: str
+    model: str
+    model_kwargs: dict[str, Any]
+    inference_module: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": self.model,
+            "model_kwargs": self.model_kwargs,
+            "inference_module": self.inference_module,
+            "extra": self.extra,
+        }
+
+
+class Task(ABC):
+    """One study's domain: data schema, simulator, ingest, models, loss, metrics, explanation."""
+
+    name: ClassVar[str]
+    #: pydantic model of this task's params.yaml section (strict).
+    Params: ClassVar[type]
+    #: Dotted module whose ``load(weights, spec)`` returns the serving-side predictor.
+    inference_module: ClassVar[str]
+    models: ClassVar[ModelRegistry]
+
+    # --- data ---------------------------------------------------------------------------------
+    @abstractmethod
+    def simulate(self, out_dir: Path, params: Any, seed: int, progress: Callable[[int], None]) -> int:
+        """Write a simulated dataset in the documented real-data layout; return the sample count."""
+
+    def simulated_samples(self, params: Any) -> int | None:
+        """How many samples ``simulate`` will write (for its progress bar); None if unknown."""
+        return None
+
+    @abstractmethod
+    def ingest(self, src_dir: Path, out_dir: Path) -> int:
+        """Copy a user's real data (documented layout) into ``out_dir``; return the sample count."""
+
+    @abstractmethod
+    def manifest(self, raw_dir: Path) -> pd.DataFrame:
+        """One row per sample with computed statistics, for validation (never raises on bad files)."""
+
+    @abstractmethod
+    def expectations(self, params: Any) -> Iterable[Any]:
+        """Great Expectations expectations over ``manifest()`` (gx.expectations.* instances)."""
+
+    @abstractmethod
+    def prepare(self, raw_dir: Path, out_dir: Path, params: Any, seed: int) -> dict[str, int]:
+        """Split (group-aware) and augment; write the prepared dataset; return sizes per split."""
+
+    @abstractmethod
+    def dataset(self, prepared_dir: Path, split: str) -> Dataset:
+        """A torch Dataset of ``(inputs, targets)`` for one split of the prepared data."""
+
+    # --- model --------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, hparams: dict[str, Any], prepared_dir: Path) -> tuple[nn.Module, ModelSpec]:
+        """Build the model named by ``hparams['model']`` and the recipe to rebuild it."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of one batch."""
+
+    @abstractmethod
+    def val_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Metrics over the concatenated outputs of a whole split (names without a split prefix)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, prepared_dir: Path, params: Any, out_dir: Path) -> Evaluation:
+        """Test-split metrics, plots and explanation images."""
+
+    @abstractmethod
+    def example_input(self, prepared_dir: Path) -> np.ndarray:
+        """A small batch of model inputs, for the MLflow signature and serving warm-up."""

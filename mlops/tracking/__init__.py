@@ -1,0 +1,1 @@
+"""MLflow conventions: experiment per task, lineage tags, dataset inputs, the pyfunc model."""

@@ -1,0 +1,88 @@
+"""Lineage: what every run (and the model version made from it) records about its origins.
+
+git commit + dirty flag, the DVC hashes of the raw and prepared data read, the params hash, the
+validation result, task and sweep ids. From a served prediction one walks back: model version ->
+run -> data version -> validation result -> commit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from mlops.validation import ValidationReport
+
+TAG = "mlops."  # every lineage tag starts with this prefix
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty() -> bool:
+    """Tracked source files differ from the commit (dvc.lock, rewritten by every repro, does not count)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
+    return bool(status)
+
+
+def _outs_of(entry: dict) -> list[dict]:
+    return [o for o in entry.get("outs", []) if isinstance(o, dict) and "path" in o]
+
+
+def dvc_hash(path: Path | str, root: Path = Path(".")) -> str:
+    """The md5 DVC recorded for ``path`` (or the tracked folder containing it), from *.dvc or dvc.lock.
+
+    Returns 'untracked' when DVC records no hash for it (data not yet added or reproduced).
+    """
+    target = Path(path).as_posix().rstrip("/")
+    candidates: list[tuple[str, str]] = []
+    for dvc_file in sorted(root.glob("*.dvc")):
+        for out in _outs_of(yaml.safe_load(dvc_file.read_text()) or {}):
+            candidates.append((out["path"].rstrip("/"), out.get("md5", "")))
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+            for out in _outs_of(stage):
+                candidates.append((out["path"].rstrip("/"), out.get("md5", "")))
+    best, found = "", ""
+    for tracked, md5 in candidates:
+        if (target == tracked or target.startswith(tracked + "/")) and len(tracked) > len(best):
+            best, found = tracked, md5
+    return found if best else "untracked"
+
+
+def lineage_tags(
+    task: str,
+    raw_dir: Path,
+    prepared_dir: Path,
+    params_digest: str,
+    validation_report: Path,
+    sweep_id: str | None = None,
+) -> dict[str, str]:
+    report = ValidationReport.read(validation_report)
+    tags = {
+        f"{TAG}task": task,
+        f"{TAG}git_commit": git_commit(),
+        f"{TAG}git_dirty": str(git_dirty()).lower(),
+        f"{TAG}data.raw_path": str(raw_dir),
+        f"{TAG}data.raw_md5": dvc_hash(raw_dir),
+        f"{TAG}data.prepared_path": str(prepared_dir),
+        f"{TAG}data.prepared_md5": dvc_hash(prepared_dir),
+        f"{TAG}params_hash": params_digest,
+        f"{TAG}validation.success": str(report.success).lower(),
+        f"{TAG}validation.report": str(validation_report),
+        f"{TAG}validation.at": report.validated_at,
+    }
+    if sweep_id:
+        tags[f"{TAG}sweep_id"] = sweep_id
+    return tags

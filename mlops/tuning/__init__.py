@@ -1,0 +1,1 @@
+"""Optuna sweeps: study creation, the objective, MLflow parent/child runs, launchers."""
