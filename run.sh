@@ -18,7 +18,7 @@ if [ ! -d data/raw ]; then
   echo "== simulating the datasets (params.yaml)"
   mlops data simulate --out data/raw
 fi
-# Records a new data version if data/raw differs from what data.dvc records (no-op otherwise).
+# data.dvc (top level) tracks data/raw: this records a new version if data/raw differs, else no-op.
 dvc add -q data/raw
 
 echo "== dvc repro"

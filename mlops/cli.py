@@ -12,7 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="MLOps platform: data, sweeps, training, registry and serving.", no_args_is_help=True)
+app = typer.Typer(
+    help="MLOps platform: data, sweeps, training, registry and serving.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(help="Simulate, ingest, validate and prepare datasets.", no_args_is_help=True)
 registry_app = typer.Typer(help="Registry: status and promotion of model versions.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

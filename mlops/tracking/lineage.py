@@ -46,7 +46,7 @@ def dvc_hash(path: Path | str, root: Path = Path(".")) -> str:
     """
     target = Path(path).as_posix().rstrip("/")
     candidates: list[tuple[str, str]] = []
-    for dvc_file in sorted(root.glob("*.dvc")):
+    for dvc_file in sorted(p for p in root.glob("*.dvc") if p.is_file()):
         for out in _outs_of(yaml.safe_load(dvc_file.read_text()) or {}):
             candidates.append((out["path"].rstrip("/"), out.get("md5", "")))
     lock = root / "dvc.lock"

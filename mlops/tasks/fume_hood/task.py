@@ -82,7 +82,7 @@ class FumeHoodParams(Strict):
     simulate: SimulateParams
     validation: ValidationParams
     split: SplitParams
-    image: ImageParams
+    input: ImageParams
     augment: AugmentParams
     train: TrainParams
     evaluate: EvaluateParams
@@ -190,7 +190,7 @@ class FumeHoodTask(Task):
 
     def prepare(self, raw_dir: Path, out_dir: Path, params: FumeHoodParams, seed: int) -> dict[str, int]:
         labels = read_labels(raw_dir)
-        w, h = params.image.width, params.image.height
+        w, h = params.input.width, params.input.height
         images, masks = [], []
         for pid in labels["photo_id"]:
             with Image.open(find_image(raw_dir, pid)) as img:
