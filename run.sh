@@ -19,7 +19,7 @@ if [ ! -d data/raw ]; then
   mlops data simulate --out data/raw
 fi
 # data.dvc (top level) tracks data/raw: this records a new version if data/raw differs, else no-op.
-dvc add -q data/raw
+dvc commit -f -q data.dvc
 
 echo "== dvc repro"
 dvc repro
