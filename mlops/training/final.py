@@ -14,7 +14,7 @@ from mlops.tasks import get_task
 from mlops.tracking.lineage import TAG, lineage_tags
 from mlops.tracking.log_model import log_pyfunc
 from mlops.tracking.runs import connect, experiment_id, log_dataset
-from mlops.training.loop import FitConfig, fit
+from mlops.training.loop import FitConfig, fit, seed_everything
 from mlops.training.model_files import save_model_dir
 from mlops.tuning.space import monitored_metric
 
@@ -62,6 +62,7 @@ def train_best(
             tags[f"{TAG}data.prepared_md5"],
             "training",
         )
+        seed_everything(params.base.seed)
         model, spec = task.build_model(hp, prepared_dir)
         cfg = FitConfig(
             epochs=tp.train.epochs,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
 from mlops.tracking.runs import connect, experiment_id
-from mlops.training.loop import FitConfig, fit
+from mlops.training.loop import FitConfig, fit, seed_everything
 from mlops.tuning.space import make_pruner, make_sampler, monitored_metric, suggest
 from mlops.tuning.storage import make_storage
 
@@ -84,6 +86,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
 
     def objective(trial: optuna.Trial) -> float:
         hp = suggest(trial, exp.search_space)
+        trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (audit of parallelism)
         run = mlflow.start_run(
             experiment_id=exp_id,
             run_name=f"trial-{trial.number}",
@@ -92,6 +95,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         )
         try:
             mlflow.log_params(hp)
+            seed_everything(job.seed + trial.number)  # initial weights reproducible per trial
             model, _ = task.build_model(hp, prepared)
             cfg = FitConfig(
                 epochs=exp.budget.epochs_per_trial,
@@ -315,8 +319,10 @@ def _log_study_plots(study: optuna.Study) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
+    from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as ovm
 
+    warnings.simplefilter("ignore", ExperimentalWarning)  # the matplotlib backend is stable enough for us
     ax = ovm.plot_optimization_history(study)
     mlflow.log_figure(ax.figure, "optuna/optimization_history.png")
     plt.close(ax.figure)

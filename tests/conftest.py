@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny params, a tiny simulated dataset, and a whole tiny pipeline run with real dvc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+torch.set_num_threads(1)
+
+
+def tiny_params() -> dict:
+    """params.yaml with every budget shrunk so the whole pipeline runs in about a minute."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = ["fume_hood"]
+    fh = params["fume_hood"]
+    fh["simulate"].update(n_photos=40, n_labs=12, width=160, height=120)
+    fh["validation"].update(min_photos_per_rating=1, min_width=32, min_height=24)
+    fh["input"].update(width=32, height=24)
+    fh["augment"]["copies"] = 3
+    fh["train"].update(epochs=2, patience=2)
+    fh["evaluate"]["gradcam_samples"] = 4
+    fh["gates"] = {"min": {"test_accuracy": 0.0}, "max": {}}
+    return {k: params[k] for k in ("base", "tasks", "sweep", "fume_hood")}
+
+
+def tiny_experiment() -> dict:
+    exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
+    exp["budget"] = {"n_trials": 3, "epochs_per_trial": 2}
+    exp["sampler"] = {"type": "random"}
+    return exp
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MLOPS_HOME=str(home),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        GIT_PYTHON_REFRESH="quiet",
+        PYTHONUNBUFFERED="1",
+    )
+    for key in ("MLOPS_TRACKING_URI", "MLOPS_OPTUNA_STORAGE", "MLOPS_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_repo(dest: Path) -> None:
+    """The project's source files (what a fresh clone has), without pipeline results."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if rel.startswith(("reports/", "tests/", "bench/")) or rel in ("dvc.lock", "data.dvc"):
+            continue
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory) -> dict:
+    """A temporary copy of the repo on tiny params after `simulate` + `dvc repro` (run once per session)."""
+    repo = tmp_path_factory.mktemp("repo")
+    copy_repo(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (repo / "experiments" / "fume_hood.yaml").write_text(yaml.safe_dump(tiny_experiment(), sort_keys=False))
+    env = env_for(repo / ".mlops")
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo, env)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], repo, env)
+    run(["mlops", "data", "simulate", "--out", "data/raw"], repo, env)
+    (repo / "data.dvc").write_text("outs:\n- path: data/raw\n")
+    run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    second = run(["dvc", "repro"], repo, env)
+    return {"repo": repo, "env": env, "home": repo / ".mlops", "first": first, "second": second}
+
+
+@pytest.fixture()
+def tiny_raw(tmp_path) -> Path:
+    """A tiny simulated fume_hood dataset in the real-data layout."""
+    from mlops.tasks.fume_hood.simulate import simulate_photos
+
+    raw = tmp_path / "raw" / "fume_hood"
+    simulate_photos(raw, n_photos=30, n_labs=10, width=160, height=120, rater_noise=0.3, seed=3)
+    return raw
+
+
+def write_params(folder: Path, data: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,68 @@
+"""params.yaml / experiments parsing is strict: unknown or missing keys are errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops.config import ConfigError, Gates, load_experiment, load_params
+from tests.conftest import ROOT, tiny_params
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_repo_params_and_experiments_parse():
+    params = load_params(ROOT / "params.yaml")
+    for task in params.tasks:
+        assert params.task(task) is not None
+        assert load_experiment(task, ROOT / "experiments").budget.n_trials >= 1
+
+
+def test_unknown_key_is_named(tmp_path):
+    data = tiny_params()
+    data["fume_hood"]["augment"]["copiez"] = 3
+    with pytest.raises(ConfigError, match=r"fume_hood\.augment\.copiez: unknown key"):
+        load_params(write(tmp_path, data))
+
+
+def test_missing_key_is_named(tmp_path):
+    data = tiny_params()
+    del data["fume_hood"]["train"]["epochs"]
+    with pytest.raises(ConfigError, match=r"fume_hood\.train\.epochs: missing key"):
+        load_params(write(tmp_path, data))
+
+
+def test_unknown_task_and_top_level_key(tmp_path):
+    data = tiny_params()
+    data["tasks"] = ["fume_hod"]
+    with pytest.raises(Exception, match="unknown task 'fume_hod'"):
+        load_params(write(tmp_path, data))
+    data = tiny_params()
+    data["learning"] = {}
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_params(write(tmp_path, data))
+
+
+def test_experiment_unknown_search_type(tmp_path):
+    exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
+    exp["search_space"]["lr"]["type"] = "loguniform"
+    (tmp_path / "fume_hood.yaml").write_text(yaml.safe_dump(exp))
+    with pytest.raises(ConfigError, match="search_space.lr"):
+        load_experiment("fume_hood", tmp_path)
+
+
+def test_missing_params_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_gates_report_each_failure():
+    gates = Gates(min={"acc": 0.5}, max={"err": 2.0})
+    assert gates.failures({"acc": 0.6, "err": 1.0}) == []
+    failures = gates.failures({"acc": 0.4, "err": float("nan")})
+    assert len(failures) == 2 and "acc=0.4 < 0.5" in failures[0]
+    assert gates.failures({}) == ["acc=None < 0.5", "err=None > 2.0"]

@@ -1,0 +1,160 @@
+"""fume_hood: simulator, validation suite, split + augmentation, models (parametrised over the registry)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mlops.config import load_params
+from mlops.data.arrays import load_array
+from mlops.tasks import get_task
+from mlops.tasks.fume_hood.model import MODELS, N_LEVELS
+from mlops.tasks.fume_hood.simulate import simulate_photos
+from mlops.tasks.fume_hood.task import pointing_game
+from mlops.validation import validate_dataset
+from tests.conftest import ROOT, tiny_params, write_params
+
+TASK = get_task("fume_hood")
+
+
+@pytest.fixture()
+def params(tmp_path):
+    return load_params(write_params(tmp_path, tiny_params())).task("fume_hood")
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_simulator_is_deterministic_and_writes_the_real_layout(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder, seed in ((a, 5), (b, 5), (c, 6)):
+        simulate_photos(folder, n_photos=8, n_labs=3, width=120, height=90, rater_noise=0.3, seed=seed)
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+    labels = pd.read_csv(a / "labels.csv")
+    assert list(labels.columns) == ["photo_id", "lab_id", "rating"]
+    assert all((a / "images" / f"{pid}.jpg").is_file() for pid in labels.photo_id)
+    assert labels.rating.between(1, 5).all()
+
+
+def test_validation_passes_on_simulated_data(tiny_raw, params):
+    report = validate_dataset(TASK, tiny_raw, params)
+    assert report.success, report.summary()
+
+
+@pytest.mark.parametrize(
+    "breakage, expectation",
+    [
+        ("corrupt", "expect_column_values_to_be_in_set"),
+        ("rating", "expect_column_values_to_be_in_set"),
+        ("duplicate", "expect_column_values_to_be_unique"),
+        ("missing", "expect_column_values_to_be_in_set"),
+    ],
+)
+def test_validation_fails_on_broken_data_and_names_samples(tiny_raw, params, breakage, expectation):
+    labels = pd.read_csv(tiny_raw / "labels.csv", dtype={"photo_id": str})
+    victim = labels.photo_id[1]
+    if breakage == "corrupt":
+        (tiny_raw / "images" / f"{victim}.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10)
+    elif breakage == "rating":
+        labels.loc[1, "rating"] = 7
+        labels.to_csv(tiny_raw / "labels.csv", index=False)
+    elif breakage == "duplicate":
+        src = (tiny_raw / "images" / f"{labels.photo_id[0]}.jpg").read_bytes()
+        (tiny_raw / "images" / f"{victim}.jpg").write_bytes(src)
+    else:
+        (tiny_raw / "images" / f"{victim}.jpg").unlink()
+    report = validate_dataset(TASK, tiny_raw, params)
+    assert not report.success
+    failed = {f.expectation for f in report.failures}
+    assert expectation in failed
+    assert any(victim in f.samples for f in report.failures), report.summary()
+    assert "FAILED" in report.summary()
+
+
+def test_validation_of_a_missing_folder_is_a_failed_report(tmp_path, params):
+    report = validate_dataset(TASK, tmp_path / "nothing", params)
+    assert not report.success and "exists" in report.summary()
+
+
+def test_split_by_lab_leaks_nothing_and_augmentation_keeps_labels(tiny_raw, params, tmp_path):
+    out = tmp_path / "prepared"
+    sizes = TASK.prepare(tiny_raw, out, params, seed=1)
+    groups = {s: set(load_array(out, s, "groups")) for s in ("train", "val", "test")}
+    assert not groups["train"] & groups["val"]
+    assert not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+    assert sizes["train"] == params.augment.copies * (30 - sizes["val"] - sizes["test"])
+
+    labels = pd.read_csv(tiny_raw / "labels.csv", dtype={"photo_id": str}).set_index("photo_id")
+    ids, y, g = (load_array(out, "train", k) for k in ("ids", "y", "groups"))
+    assert np.array_equal(y + 1, labels.loc[ids, "rating"].to_numpy())
+    assert np.array_equal(g, labels.loc[ids, "lab_id"].to_numpy())
+    x = load_array(out, "train", "x")
+    assert x.shape == (sizes["train"], params.input.height, params.input.width) and x.dtype == np.uint8
+    # copies of one photo differ (augmented) but the first copy is the original
+    first = np.flatnonzero(ids == ids[0])
+    assert len(first) == params.augment.copies
+    assert not np.array_equal(x[first[0]], x[first[1]])
+
+
+def test_prepare_is_deterministic(tiny_raw, params, tmp_path):
+    TASK.prepare(tiny_raw, tmp_path / "a", params, seed=2)
+    TASK.prepare(tiny_raw, tmp_path / "b", params, seed=2)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_forward_shape_and_gradcam_layer(name):
+    model = MODELS.build(name, width=8, dropout=0.0)
+    out = model(torch.rand(3, 1, 24, 32))
+    assert out.shape == (3, N_LEVELS)
+    assert hasattr(model, "cam_layer")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_overfits_one_batch(name):
+    torch.manual_seed(0)
+    model = MODELS.build(name, width=8, dropout=0.0)
+    x, y = torch.rand(16, 1, 24, 32), torch.randint(0, N_LEVELS, (16,))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        opt.zero_grad()
+        loss = TASK.loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.3 * losses[0]
+    assert (model.eval()(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_unknown_model_name_fails_loudly():
+    with pytest.raises(KeyError, match="unknown model 'resnet'"):
+        MODELS.build("resnet")
+
+
+def test_pointing_game_counts_peaks_on_causes():
+    masks = np.zeros((2, 10, 10), dtype=bool)
+    masks[:, 2:4, 2:4] = True
+    heat = np.zeros((2, 10, 10))
+    heat[0, 3, 3] = 1.0  # on the cause
+    heat[1, 8, 8] = 1.0  # far away
+    hit, chance = pointing_game(heat, masks, tolerance_px=0)
+    assert hit == 0.5 and chance == pytest.approx(0.04)
+    hit, _ = pointing_game(heat, masks, tolerance_px=5)
+    assert hit == 1.0
+
+
+def test_params_section_of_repo_parses():
+    assert load_params(ROOT / "params.yaml").task("fume_hood").augment.copies >= 1

@@ -1,0 +1,105 @@
+"""`dvc repro` on tiny params in a temporary copy of the repo: real dvc, real MLflow, real Optuna."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_repro_runs_every_stage_then_does_no_work(pipeline_repo):
+    first, second = pipeline_repo["first"].stdout, pipeline_repo["second"].stdout
+    for stage in ("validate", "prepare", "sweep", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}@fume_hood'" in first
+    assert "Running stage" not in second
+    repo = pipeline_repo["repo"]
+    metrics = json.loads((repo / "reports/fume_hood/metrics.json").read_text())
+    assert {"test_accuracy", "test_within_one_accuracy", "pointing_game_hit_rate"} <= set(metrics)
+    assert (repo / "reports/fume_hood/eval/gradcam_overlays.png").stat().st_size > 1000
+    assert (repo / "models/fume_hood/weights.pt").is_file()
+    shown = run(["dvc", "metrics", "show", "--json"], repo, pipeline_repo["env"]).stdout
+    assert "test_accuracy" in shown
+
+
+def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlops.settings import Settings
+    from mlops.tracking.lineage import dvc_hash
+
+    monkeypatch.setenv("MLOPS_HOME", str(pipeline_repo["home"]))
+    monkeypatch.chdir(pipeline_repo["repo"])
+    uri = Settings().resolved_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name("fume_hood")
+    runs = client.search_runs([exp.experiment_id])
+    kinds = [r.data.tags.get("mlops.run_kind") for r in runs]
+    assert kinds.count("sweep") == 1 and kinds.count("trial") == 3 and kinds.count("train") == 1
+    sweep = next(r for r in runs if r.data.tags["mlops.run_kind"] == "sweep")
+    trials = [r for r in runs if r.data.tags.get("mlops.run_kind") == "trial"]
+    assert all(t.data.tags["mlflow.parentRunId"] == sweep.info.run_id for t in trials)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    train = next(r for r in runs if r.data.tags["mlops.run_kind"] == "train")
+    tags = train.data.tags
+    assert len(tags["mlops.git_commit"]) == 40
+    assert tags["mlops.git_dirty"] in ("true", "false")
+    assert tags["mlops.data.raw_md5"] == dvc_hash("data/raw/fume_hood") != "untracked"
+    assert tags["mlops.data.prepared_md5"] == dvc_hash("data/prepared/fume_hood") != "untracked"
+    assert tags["mlops.validation.success"] == "true"
+    assert len(tags["mlops.params_hash"]) == 16
+    assert "test_accuracy" in train.data.metrics
+    inputs = train.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == tags["mlops.data.prepared_md5"][:36]
+
+    version = client.get_model_version_by_alias("fume_hood", "challenger")
+    assert version.tags["mlops.git_commit"] == tags["mlops.git_commit"]
+    assert version.tags["mlops.data.prepared_md5"] == tags["mlops.data.prepared_md5"]
+    assert version.tags["mlops.gates"] == "passed"
+    model = mlflow.pyfunc.load_model("models:/fume_hood@challenger")
+    assert model.metadata.signature is not None
+
+
+def test_promote_then_status(pipeline_repo):
+    repo, env = pipeline_repo["repo"], pipeline_repo["env"]
+    refused = run(
+        ["mlops", "registry", "promote", "fume_hood", "99", "--approver", "a", "--reason", "r"], repo, env, check=False
+    )
+    assert refused.returncode == 2 and "no version 99" in refused.stderr
+    run(["mlops", "registry", "promote", "fume_hood", "challenger", "--approver", "rm", "--reason", "first"], repo, env)
+    status = json.loads(run(["mlops", "registry", "status", "--json"], repo, env).stdout)
+    row = next(r for r in status if r["task"] == "fume_hood")
+    assert row["champion"] == row["challenger"] == "1"
+    assert row["champion_promoted_by"] == "rm"
+
+
+def test_training_refuses_data_that_failed_validation(pipeline_repo, tmp_path):
+    repo, env = pipeline_repo["repo"], pipeline_repo["env"]
+    bad = tmp_path / "validation.json"
+    report = json.loads((repo / "reports/fume_hood/validation.json").read_text())
+    report.update(success=False, failed=1)
+    bad.write_text(json.dumps(report))
+    proc = run(
+        [
+            "mlops",
+            "data",
+            "prepare",
+            "fume_hood",
+            "--raw",
+            "data/raw/fume_hood",
+            "--validation",
+            str(bad),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        repo,
+        env,
+        check=False,
+    )
+    assert proc.returncode == 2 and "refusing to use data that failed validation" in proc.stderr

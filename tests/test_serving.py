@@ -1,0 +1,111 @@
+"""The model service as a real uvicorn server over the champion of the tiny pipeline's registry."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import BIN, run
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(pipeline_repo):
+    repo, env = pipeline_repo["repo"], dict(pipeline_repo["env"])
+    run(["mlops", "registry", "promote", "fume_hood", "challenger", "--approver", "t", "--reason", "serve"], repo, env)
+    env["MLOPS_MAX_UPLOAD_BYTES"] = "300000"
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlops"), "serve", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"server died:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def photo_bytes(fmt: str = "JPEG", size=(160, 120)) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def post(base: str, data: bytes, content_type: str, task: str = "fume_hood") -> httpx.Response:
+    return httpx.post(f"{base}/v1/models/{task}/predict", files={"file": ("x", data, content_type)}, timeout=30)
+
+
+def test_health_and_model_list_with_lineage(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    models = httpx.get(f"{server}/v1/models").json()["models"]
+    fh = next(m for m in models if m["task"] == "fume_hood")
+    assert fh["version"] == "1" and fh["alias"] == "champion"
+    assert len(fh["lineage"]["git_commit"]) == 40
+    assert fh["lineage"]["validation.success"] == "true"
+
+
+@pytest.mark.parametrize("fmt, ctype", [("JPEG", "image/jpeg"), ("PNG", "image/png")])
+def test_predict_returns_rating_probabilities_and_heatmap(server, fmt, ctype):
+    resp = post(server, photo_bytes(fmt), ctype)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert 1 <= body["rating"] <= 5
+    assert body["version"] == "1"
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"])))
+    assert heat.format == "PNG" and heat.width > 0
+
+
+@pytest.mark.parametrize(
+    "data, ctype, status, words",
+    [
+        (b"", "image/png", 400, "empty upload"),
+        (b"hello, I am text", "image/png", 415, "not a PNG or JPEG"),
+        (photo_bytes(), "text/plain", 415, "content type"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "image/png", 422, "corrupt"),
+        (photo_bytes("PNG", size=(1200, 900)), "image/png", 413, "limit"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_message(server, data, ctype, status, words):
+    resp = post(server, data, ctype)
+    assert resp.status_code == status, resp.text
+    assert words in resp.json()["detail"]
+
+
+def test_unknown_task_is_404_naming_known_tasks(server):
+    resp = post(server, photo_bytes(), "image/jpeg", task="fume_hod")
+    assert resp.status_code == 404 and "fume_hood" in resp.json()["detail"]
