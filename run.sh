@@ -21,8 +21,17 @@ fi
 # data.dvc (top level) tracks data/raw: this records a new version if data/raw differs, else no-op.
 dvc commit -f -q data.dvc
 
-echo "== dvc repro"
-dvc repro
+# Lineage lives in the MLflow store: when it is new (a fresh clone), every stage reruns so that the
+# store holds the sweep, its trials, the trained model and its registry version. Otherwise DVC
+# reruns only what changed.
+store=$(python -c "from mlops.settings import Settings; print(Settings().home_dir / 'mlflow.db')")
+if [ -f "$store" ] || [ -n "${MLOPS_TRACKING_URI:-}" ]; then
+  echo "== dvc repro"
+  dvc repro
+else
+  echo "== dvc repro --force (new tracking store at $store)"
+  dvc repro --force
+fi
 dvc push -q || echo "warning: dvc push to $remote failed"
 
 for task in $(python -c "from mlops.config import load_params; print(' '.join(load_params().tasks))"); do
