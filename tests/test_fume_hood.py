@@ -158,3 +158,15 @@ def test_pointing_game_counts_peaks_on_causes():
 
 def test_params_section_of_repo_parses():
     assert load_params(ROOT / "params.yaml").task("fume_hood").augment.copies >= 1
+
+
+def test_ingest_copies_a_real_layout_and_refuses_missing_photos(tiny_raw, tmp_path):
+    out = tmp_path / "ingested"
+    assert TASK.ingest(tiny_raw, out) == 30
+    assert len(list((out / "images").glob("*.jpg"))) == 30 and (out / "labels.csv").is_file()
+    next((tiny_raw / "images").glob("*.jpg")).unlink()
+    with pytest.raises(ValueError, match="have no image"):
+        TASK.ingest(tiny_raw, tmp_path / "again")
+    (tiny_raw / "labels.csv").unlink()
+    with pytest.raises(ValueError, match="labels.csv"):
+        TASK.ingest(tiny_raw, tmp_path / "again")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from rich.progress import Progress, TextColumn
 
 from mlops.config import Experiment, Params
 from mlops.data.arrays import load_array
@@ -75,15 +76,23 @@ def train_best(
             patience=tp.train.patience,
         )
         checkpoint = settings.checkpoint_dir / f"{task_name}-train-{run.info.run_id}.pt"
-        result = fit(
-            task,
-            model,
-            task.dataset(prepared_dir, "train"),
-            task.dataset(prepared_dir, "val"),
-            cfg,
-            checkpoint=checkpoint,
-            on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-        )
+        with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[metric]}")) as progress:
+            bar = progress.add_task(f"train {task_name}", total=cfg.epochs, metric="")
+
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+                mlflow.log_metrics(metrics, step=epoch)
+                value = metrics[exp.objective.metric]
+                progress.update(bar, advance=1, metric=f"{exp.objective.metric}={value:.4f}")
+
+            result = fit(
+                task,
+                model,
+                task.dataset(prepared_dir, "train"),
+                task.dataset(prepared_dir, "val"),
+                cfg,
+                checkpoint=checkpoint,
+                on_epoch=on_epoch,
+            )
         checkpoint.unlink(missing_ok=True)
         mlflow.log_metrics({f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch})
         save_model_dir(out_dir, model, spec)
