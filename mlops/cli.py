@@ -159,13 +159,13 @@ def sweep(
 ) -> None:
     """Optuna sweep on local worker processes; resumes the same study when rerun."""
     from mlops.config import load_experiment, load_params
-    from mlops.tuning.sweep import run_sweep
+    from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
     require_valid(validation)
     params = load_params(params_path)
     exp = load_experiment(task, experiments)
-    result = run_sweep(
+    results = run_sweeps(
         task,
         params,
         exp,
@@ -176,11 +176,13 @@ def sweep(
         workers or params.sweep.workers,
         experiments_dir=experiments,
     )
-    result.write(out)
-    console.print(
-        f"sweep {result.study_name}: best {result.objective_metric}={result.best_value:.4f} "
-        f"(trial {result.best_trial}; {result.n_complete} complete, {result.n_pruned} pruned)"
-    )
+    write_sweeps(results, out)
+    for r in results.values():
+        console.print(
+            f"sweep {r.study_name}: best {r.objective_metric}={r.best_value:.4f} "
+            f"(trial {r.best_trial}; {r.n_complete} complete, {r.n_pruned} pruned)"
+        )
+    console.print(f"selected arm (best on validation): {select_arm(results)}")
 
 
 @app.command("train")
@@ -192,30 +194,22 @@ def train(
     raw: Annotated[Path, PathOpt("--raw")] = ...,
     validation: Annotated[Path, PathOpt("--validation")] = ...,
     out: Annotated[Path, PathOpt("--out")] = ...,
-    history: Annotated[Path, PathOpt("--history")] = ...,
+    history: Annotated[Path, typer.Option("--history", help="folder of per-arm epoch histories (CSV)")] = ...,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
 ) -> None:
-    """Train the sweep's best configuration and log it (pyfunc + lineage) to MLflow."""
+    """Train each arm's best configuration and log it (pyfunc + lineage) to MLflow."""
     from mlops.config import load_experiment, load_params
     from mlops.training.final import train_best
     from mlops.validation import require_valid
 
     require_valid(validation)
     params = load_params(params_path)
-    record = train_best(
-        task,
-        params,
-        load_experiment(task, experiments),
-        _settings(),
-        best,
-        data,
-        raw,
-        validation,
-        out,
-        history,
+    records = train_best(
+        task, params, load_experiment(task, experiments), _settings(), best, data, raw, validation, out, history
     )
-    console.print(f"trained {task}: run {record['run_id']}, model {record['model_uri']}")
+    for arm, record in records.items():
+        console.print(f"trained {task}/{arm}: run {record['run_id']}, model {record['model_uri']}")
 
 
 @app.command("evaluate")
@@ -225,14 +219,15 @@ def evaluate(
     model: Annotated[Path, PathOpt("--model")] = ...,
     data: Annotated[Path, PathOpt("--data")] = ...,
     out: Annotated[Path, PathOpt("--out")] = ...,
+    tables: Annotated[Path, PathOpt("--tables")] = ...,
     metrics: Annotated[Path, PathOpt("--metrics")] = ...,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Test-split metrics, plots and explanations; logged to the training run and DVC."""
+    """Test-split metrics, plots and explanations of every arm; logged to the training runs and DVC."""
     from mlops.config import load_params
     from mlops.training.evaluate import evaluate_model
 
-    values = evaluate_model(task, load_params(params_path), _settings(), model, data, out, metrics)
+    values = evaluate_model(task, load_params(params_path), _settings(), model, data, out, tables, metrics)
     console.print_json(json.dumps(values))
 
 

@@ -78,12 +78,25 @@ class CategoricalParam(Strict):
 SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
+Fixed = str | int | float | bool
+
+
 class Experiment(Strict):
     objective: Objective
     budget: Budget
     sampler: SamplerSpec
     pruner: PrunerSpec
     search_space: dict[str, SearchParam]
+    #: Variants compared with equal budgets (the study's comparison, e.g. two heads): each arm fixes
+    #: some hyperparameters and gets its own Optuna study of ``budget.n_trials`` over the rest.
+    arms: dict[str, dict[str, Fixed]] = {"default": {}}
+
+    def arm_space(self, arm: str) -> tuple[dict[str, Fixed], dict[str, SearchParam]]:
+        """(fixed hyperparameters, remaining search space) of one arm."""
+        if arm not in self.arms:
+            raise ConfigError(f"unknown arm {arm!r}; arms: {sorted(self.arms)}")
+        fixed = self.arms[arm]
+        return fixed, {k: v for k, v in self.search_space.items() if k not in fixed}
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def tiny_params() -> dict:
 
 def tiny_experiment() -> dict:
     exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
-    exp["budget"] = {"n_trials": 3, "epochs_per_trial": 2}
+    exp["budget"] = {"n_trials": 2, "epochs_per_trial": 2}  # per arm
     exp["sampler"] = {"type": "random"}
     return exp
 

@@ -19,8 +19,14 @@ def test_repro_runs_every_stage_then_does_no_work(pipeline_repo):
     repo = pipeline_repo["repo"]
     metrics = json.loads((repo / "reports/fume_hood/metrics.json").read_text())
     assert {"test_accuracy", "test_within_one_accuracy", "pointing_game_hit_rate"} <= set(metrics)
-    assert (repo / "reports/fume_hood/eval/gradcam_overlays.png").stat().st_size > 1000
-    assert (repo / "models/fume_hood/weights.pt").is_file()
+    arms = {"custom_cnn", "alexnet"}  # the study's comparison: one arm per architecture
+    assert set(metrics["arms"]) == arms and metrics["selected_arm"] in arms
+    for arm in arms:
+        assert (repo / f"reports/fume_hood/eval/{arm}/gradcam_overlays.png").stat().st_size > 1000
+        assert (repo / f"models/fume_hood/{arm}/weights.pt").is_file()
+        assert (repo / f"reports/fume_hood/history/{arm}.csv").is_file()
+    comparison = (repo / "reports/fume_hood/tables/comparison.csv").read_text()
+    assert comparison.startswith("arm,") and "alexnet" in comparison
     shown = run(["dvc", "metrics", "show", "--json"], repo, pipeline_repo["env"]).stdout
     assert "test_accuracy" in shown
 
@@ -31,22 +37,27 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
 
     from mlops.settings import Settings
     from mlops.tracking.lineage import dvc_hash
+    from mlops.tracking.runs import connect
 
     monkeypatch.setenv("MLOPS_HOME", str(pipeline_repo["home"]))
     monkeypatch.chdir(pipeline_repo["repo"])
     uri = Settings().resolved_tracking_uri
-    mlflow.set_tracking_uri(uri)
+    connect(Settings())  # tracking and registry URIs: earlier tests in this process pointed elsewhere
     client = MlflowClient(uri, uri)
     exp = client.get_experiment_by_name("fume_hood")
     runs = client.search_runs([exp.experiment_id])
     kinds = [r.data.tags.get("mlops.run_kind") for r in runs]
-    assert kinds.count("sweep") == 1 and kinds.count("trial") == 3 and kinds.count("train") == 1
-    sweep = next(r for r in runs if r.data.tags["mlops.run_kind"] == "sweep")
+    assert kinds.count("sweep") == 2 and kinds.count("trial") == 4 and kinds.count("train") == 2
+    sweeps = {r.data.tags["mlops.arm"]: r.info.run_id for r in runs if r.data.tags["mlops.run_kind"] == "sweep"}
     trials = [r for r in runs if r.data.tags.get("mlops.run_kind") == "trial"]
-    assert all(t.data.tags["mlflow.parentRunId"] == sweep.info.run_id for t in trials)
+    assert all(t.data.tags["mlflow.parentRunId"] == sweeps[t.data.tags["mlops.arm"]] for t in trials)
     assert all(r.info.status == "FINISHED" for r in runs)
 
-    train = next(r for r in runs if r.data.tags["mlops.run_kind"] == "train")
+    version = client.get_model_version_by_alias("fume_hood", "challenger")
+    train = next(
+        r for r in runs if r.data.tags["mlops.run_kind"] == "train" and r.info.run_id == version.tags["mlops.run_id"]
+    )
+    assert train.data.tags["mlops.arm"] == version.tags["mlops.arm"]
     tags = train.data.tags
     assert len(tags["mlops.git_commit"]) == 40
     assert tags["mlops.git_dirty"] in ("true", "false")
@@ -58,7 +69,6 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     inputs = train.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == tags["mlops.data.prepared_md5"][:36]
 
-    version = client.get_model_version_by_alias("fume_hood", "challenger")
     assert version.tags["mlops.git_commit"] == tags["mlops.git_commit"]
     assert version.tags["mlops.data.prepared_md5"] == tags["mlops.data.prepared_md5"]
     assert version.tags["mlops.gates"] == "passed"

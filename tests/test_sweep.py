@@ -53,7 +53,7 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
     )
     settings = Settings()
     # A finished trial that was perfect at every epoch: any real trial below it is pruned at epoch 0.
-    name = study_name_for("fume_hood", exp, params, prepared)
+    name = study_name_for("fume_hood", "custom_cnn", exp, params, prepared)
     study = optuna.create_study(
         storage=make_storage(settings.resolved_optuna_storage), study_name=name, direction="maximize"
     )
@@ -61,7 +61,6 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
     study.add_trial(
         optuna.trial.create_trial(
             params={
-                "model": "custom_cnn",
                 "lr": 1e-3,
                 "batch_size": 32,
                 "width": 16,
@@ -69,7 +68,6 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
                 "weight_decay": 1e-5,
             },
             distributions={
-                "model": CategoricalDistribution(space["model"].choices),
                 "lr": FloatDistribution(space["lr"].low, space["lr"].high, log=True),
                 "batch_size": CategoricalDistribution(space["batch_size"].choices),
                 "width": CategoricalDistribution(space["width"].choices),
@@ -91,6 +89,7 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
         workers=2,
         experiments_dir=exp_dir,
         show_progress=False,
+        arm="custom_cnn",
     )
     assert result.n_pruned >= 1
     study = optuna.load_study(study_name=name, storage=make_storage(settings.resolved_optuna_storage))
@@ -136,6 +135,7 @@ def test_rerun_resumes_the_same_study(sweep_setup):
         workers=1,
         experiments_dir=exp_dir,
         show_progress=False,
+        arm="custom_cnn",
     )
     again = run_sweep(
         "fume_hood",
@@ -148,6 +148,7 @@ def test_rerun_resumes_the_same_study(sweep_setup):
         workers=1,
         experiments_dir=exp_dir,
         show_progress=False,
+        arm="custom_cnn",
     )
     assert again.study_name == first.study_name
     assert again.parent_run_id == first.parent_run_id

@@ -11,7 +11,7 @@ from mlops.config import Params
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG
 from mlops.tracking.runs import connect
-from mlops.training.final import RUN_FILE
+from mlops.training.final import RUN_FILE, selected_arm_dir
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -43,12 +43,13 @@ def register_model(
     import mlflow
 
     connect(settings)
-    record = json.loads((model_dir / RUN_FILE).read_text())
-    metrics = json.loads(metrics_path.read_text())
+    record = json.loads((selected_arm_dir(model_dir) / RUN_FILE).read_text())
+    metrics = {k: v for k, v in json.loads(metrics_path.read_text()).items() if isinstance(v, int | float) or v is None}
     failures = params.task(task).gates.failures(metrics)
     version = mlflow.register_model(record["model_uri"], task, tags=record["tags"])
     client = _client()
     client.set_model_version_tag(task, version.version, f"{TAG}run_id", record["run_id"])
+    client.set_model_version_tag(task, version.version, f"{TAG}arm", record["arm"])
     client.set_model_version_tag(
         task, version.version, f"{TAG}gates", "passed" if not failures else "; ".join(failures)
     )

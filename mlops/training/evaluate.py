@@ -1,17 +1,28 @@
-"""The evaluate stage: the task's test-split evaluation, logged to the training run and to DVC."""
+"""The evaluate stage: every arm's test-split evaluation, a comparison table, logged to MLflow and DVC.
+
+``metrics.json`` holds the selected arm's metrics at the top level (what the gates read), the selected
+arm's name, and every arm's metrics under ``arms`` (the study's comparison).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
+
+import pandas as pd
 
 from mlops.config import Params
 from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.tracking.runs import connect
-from mlops.training.final import RUN_FILE
+from mlops.training.final import RUN_FILE, arm_dirs, selected_arm_dir
 from mlops.training.model_files import load_model_dir
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
 def evaluate_model(
@@ -21,25 +32,40 @@ def evaluate_model(
     model_dir: Path,
     prepared_dir: Path,
     out_dir: Path,
+    tables_dir: Path,
     metrics_path: Path,
-) -> dict[str, float]:
+) -> dict:
+    """Evaluate every arm: images under ``out_dir/<arm>/``, CSV tables under ``tables_dir``."""
     import mlflow
 
     task = get_task(task_name)
-    model, _ = load_model_dir(model_dir)
-    evaluation = task.evaluate(model, prepared_dir, params.task(task_name), out_dir)
-    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in evaluation.metrics.items()}
+    for folder in (out_dir, tables_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+    tables_dir.mkdir(parents=True)
+    per_arm: dict[str, dict[str, float | None]] = {}
+    connect(settings)
+    for arm, arm_dir in arm_dirs(model_dir).items():
+        model, _ = load_model_dir(arm_dir)
+        arm_out = out_dir / arm
+        evaluation = task.evaluate(model, prepared_dir, params.task(task_name), arm_out)
+        per_arm[arm] = _finite(evaluation.metrics)
+        for name, table in evaluation.tables.items():
+            table.to_csv(tables_dir / f"{name}-{arm}.csv", index=False)
+        with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
+            mlflow.log_metrics({k: v for k, v in per_arm[arm].items() if v is not None})
+            for path in evaluation.images.values():
+                mlflow.log_artifact(str(path), "evaluation")
+            for name in evaluation.tables:
+                mlflow.log_artifact(str(tables_dir / f"{name}-{arm}.csv"), "evaluation")
+
+    comparison = pd.DataFrame(per_arm).T.rename_axis("arm").reset_index()
+    comparison.to_csv(tables_dir / "comparison.csv", index=False)
+    selected = selected_arm_dir(model_dir).name
+    metrics = {**per_arm[selected], "selected_arm": selected, "arms": per_arm}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    for name, table in evaluation.tables.items():
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-
-    run_id = json.loads((model_dir / RUN_FILE).read_text())["run_id"]
-    connect(settings)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        for path in evaluation.images.values():
-            mlflow.log_artifact(str(path), "evaluation")
-        for name in evaluation.tables:
-            mlflow.log_artifact(str(out_dir / f"{name}.csv"), "evaluation")
+    for arm_dir in arm_dirs(model_dir).values():  # every run carries the whole comparison
+        with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
+            mlflow.log_artifact(str(tables_dir / "comparison.csv"), "evaluation")
     return metrics

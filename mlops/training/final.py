@@ -1,8 +1,13 @@
-"""The train stage: fit the sweep's best configuration on the full budget and log it to MLflow."""
+"""The train stage: fit each arm's best configuration on the full budget and log it to MLflow.
+
+Output layout (``out_dir`` comes from dvc.yaml): ``<arm>/weights.pt``, ``<arm>/spec.json``,
+``<arm>/run.json`` per arm, and ``selected.json`` naming the arm the sweep selected on validation.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +23,22 @@ from mlops.tracking.runs import connect, experiment_id, log_dataset
 from mlops.training.loop import FitConfig, fit, seed_everything
 from mlops.training.model_files import save_model_dir
 from mlops.tuning.space import monitored_metric
+from mlops.tuning.sweep import read_sweeps
 
 RUN_FILE = "run.json"
+SELECTED_FILE = "selected.json"
+
+
+def selected_arm_dir(model_dir: Path) -> Path:
+    """The model folder of the arm the sweep selected (what `register` registers)."""
+    path = model_dir / SELECTED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the train stage (`mlops train`) first")
+    return model_dir / json.loads(path.read_text())["arm"]
+
+
+def arm_dirs(model_dir: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(model_dir.iterdir()) if (p / RUN_FILE).is_file()}
 
 
 def train_best(
@@ -32,37 +51,62 @@ def train_best(
     raw_dir: Path,
     validation_report: Path,
     out_dir: Path,
-    history_csv: Path,
+    history_dir: Path,
+) -> dict[str, dict]:
+    """Train every arm; return run info per arm."""
+    sweeps = read_sweeps(best_path)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    if history_dir.exists():
+        shutil.rmtree(history_dir)
+    records = {}
+    for arm, result in sweeps["arms"].items():
+        records[arm] = _train_arm(
+            task_name,
+            arm,
+            result,
+            params,
+            exp,
+            settings,
+            prepared_dir,
+            raw_dir,
+            validation_report,
+            out_dir,
+            history_dir,
+        )
+    (out_dir / SELECTED_FILE).write_text(json.dumps({"arm": sweeps["selected"]}))
+    return records
+
+
+def _train_arm(
+    task_name: str,
+    arm: str,
+    sweep: dict,
+    params: Params,
+    exp: Experiment,
+    settings: Settings,
+    prepared_dir: Path,
+    raw_dir: Path,
+    validation_report: Path,
+    out_dir: Path,
+    history_dir: Path,
 ) -> dict:
-    """Train, save ``out_dir`` (weights, spec, run.json), write the per-epoch history; return run info."""
     import mlflow
 
-    if not best_path.is_file():
-        raise FileNotFoundError(f"{best_path} is missing: run the sweep stage (`mlops sweep {task_name}`) first")
-    best = json.loads(best_path.read_text())
-    hp = best["best_params"]
+    hp = sweep["best_params"]
     task = get_task(task_name)
     tp = params.task(task_name)
     monitor, mode = monitored_metric(exp)
     connect(settings)
     tags = lineage_tags(
-        task_name, raw_dir, prepared_dir, params.digest(task_name), validation_report, best["study_name"]
+        task_name, raw_dir, prepared_dir, params.digest(task_name), validation_report, sweep["study_name"]
     )
-    with mlflow.start_run(
-        experiment_id=experiment_id(settings, task_name),
-        run_name="train",
-        tags={**tags, f"{TAG}run_kind": "train"},
-    ) as run:
+    tags |= {f"{TAG}arm": arm, f"{TAG}run_kind": "train"}
+    with mlflow.start_run(experiment_id=experiment_id(settings, task_name), run_name=f"train-{arm}", tags=tags) as run:
         mlflow.log_params({**hp, "epochs": tp.train.epochs, "patience": tp.train.patience})
         train_x, train_y = load_array(prepared_dir, "train", "x"), load_array(prepared_dir, "train", "y")
-        log_dataset(
-            train_x,
-            train_y,
-            f"{task_name}-train",
-            str(prepared_dir),
-            tags[f"{TAG}data.prepared_md5"],
-            "training",
-        )
+        prepared_md5 = tags[f"{TAG}data.prepared_md5"]
+        log_dataset(train_x, train_y, f"{task_name}-train", str(prepared_dir), prepared_md5, "training")
         seed_everything(params.base.seed)
         model, spec = task.build_model(hp, prepared_dir)
         cfg = FitConfig(
@@ -77,7 +121,7 @@ def train_best(
         )
         checkpoint = settings.checkpoint_dir / f"{task_name}-train-{run.info.run_id}.pt"
         with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[metric]}")) as progress:
-            bar = progress.add_task(f"train {task_name}", total=cfg.epochs, metric="")
+            bar = progress.add_task(f"train {task_name}/{arm}", total=cfg.epochs, metric="")
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
                 mlflow.log_metrics(metrics, step=epoch)
@@ -95,12 +139,13 @@ def train_best(
             )
         checkpoint.unlink(missing_ok=True)
         mlflow.log_metrics({f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch})
-        save_model_dir(out_dir, model, spec)
-        info = log_pyfunc(out_dir, task.example_input(prepared_dir))
-        history = pd.DataFrame(result.history)
-        history_csv.parent.mkdir(parents=True, exist_ok=True)
-        history.to_csv(history_csv, index=False)
+        arm_dir = out_dir / arm
+        save_model_dir(arm_dir, model, spec)
+        info = log_pyfunc(arm_dir, task.example_input(prepared_dir))
+        history_dir.mkdir(parents=True, exist_ok=True)
+        history_csv = history_dir / f"{arm}.csv"
+        pd.DataFrame(result.history).to_csv(history_csv, index=False)
         mlflow.log_artifact(str(history_csv), "history")
-        record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task_name, "tags": tags}
-        (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task_name, "arm": arm, "tags": tags}
+        (arm_dir / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     return record

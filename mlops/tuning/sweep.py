@@ -39,6 +39,7 @@ class SweepJob:
     """Everything a worker needs, as plain values (it crosses a process boundary)."""
 
     task: str
+    arm: str
     study_name: str
     storage_url: str
     prepared_dir: str
@@ -50,10 +51,10 @@ class SweepJob:
     seed: int
 
 
-def study_name_for(task: str, exp: Experiment, params: Params, prepared_dir: Path) -> str:
+def study_name_for(task: str, arm: str, exp: Experiment, params: Params, prepared_dir: Path) -> str:
     """Same search space, params and data -> same study, so a rerun resumes instead of restarting."""
     key = f"{experiment_digest(exp)}:{params.digest(task)}:{dvc_hash(prepared_dir)}"
-    return f"{task}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return f"{task}-{arm}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def open_study(job: SweepJob, exp: Experiment, worker_seed: int) -> optuna.Study:
@@ -85,13 +86,14 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
     exp_id = experiment_id(settings, job.task)
 
     def objective(trial: optuna.Trial) -> float:
-        hp = suggest(trial, exp.search_space)
+        fixed, space = exp.arm_space(job.arm)
+        hp = {**fixed, **suggest(trial, space)}
         trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (audit of parallelism)
         run = mlflow.start_run(
             experiment_id=exp_id,
-            run_name=f"trial-{trial.number}",
+            run_name=f"{job.arm}-trial-{trial.number}",
             parent_run_id=job.parent_run_id,
-            tags={**tags, f"{TAG}run_kind": "trial", "optuna.trial_number": str(trial.number)},
+            tags={**tags, f"{TAG}run_kind": "trial", f"{TAG}arm": job.arm, "optuna.trial_number": str(trial.number)},
         )
         try:
             mlflow.log_params(hp)
@@ -183,8 +185,10 @@ def _start_parent_run(settings: Settings, task: str, study_name: str, tags: dict
 
 @dataclass
 class SweepResult:
+    arm: str
     study_name: str
     parent_run_id: str
+    #: the arm's fixed hyperparameters merged with the best trial's suggestions
     best_params: dict[str, Any]
     best_value: float
     best_trial: int
@@ -193,10 +197,6 @@ class SweepResult:
     n_complete: int
     n_pruned: int
     n_failed: int
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
 
 
 def run_sweep(
@@ -210,15 +210,19 @@ def run_sweep(
     workers: int,
     experiments_dir: Path = Path("experiments"),
     show_progress: bool = True,
+    arm: str = "default",
 ) -> SweepResult:
+    """Sweep one arm of the experiment: its own study and MLflow parent run, ``n_trials`` trials."""
     import mlflow
 
     connect(settings)
-    study_name = study_name_for(task_name, exp, params, prepared_dir)
+    study_name = study_name_for(task_name, arm, exp, params, prepared_dir)
     tags = lineage_tags(task_name, raw_dir, prepared_dir, params.digest(task_name), validation_report, study_name)
     parent = _start_parent_run(settings, task_name, study_name, tags)
+    mlflow.set_tag(f"{TAG}arm", arm)
     job = SweepJob(
         task=task_name,
+        arm=arm,
         study_name=study_name,
         storage_url=settings.resolved_optuna_storage,
         prepared_dir=str(prepared_dir),
@@ -260,9 +264,10 @@ def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bo
         raise RuntimeError(f"study {study_name} has no complete trial: widen the search space or the budget")
     best = study.best_trial
     result = SweepResult(
+        arm=job.arm,
         study_name=study_name,
         parent_run_id=parent_id,
-        best_params=best.params,
+        best_params={**exp.arm_space(job.arm)[0], **best.params},
         best_value=float(best.value),
         best_trial=best.number,
         objective_metric=exp.objective.metric,
@@ -334,3 +339,52 @@ def _log_study_plots(study: optuna.Study) -> None:
         else:
             mlflow.log_figure(ax.figure, "optuna/param_importances.png")
             plt.close(ax.figure)
+
+
+def select_arm(results: dict[str, SweepResult]) -> str:
+    """The arm whose best validation objective is best (selection never looks at the test split)."""
+    pick = max if next(iter(results.values())).direction == "maximize" else min
+    return pick(results, key=lambda arm: results[arm].best_value)
+
+
+def run_sweeps(
+    task_name: str,
+    params: Params,
+    exp: Experiment,
+    settings: Settings,
+    prepared_dir: Path,
+    raw_dir: Path,
+    validation_report: Path,
+    workers: int,
+    experiments_dir: Path = Path("experiments"),
+    show_progress: bool = True,
+) -> dict[str, SweepResult]:
+    """Every arm of the experiment in turn, each with the same budget."""
+    return {
+        arm: run_sweep(
+            task_name,
+            params,
+            exp,
+            settings,
+            prepared_dir,
+            raw_dir,
+            validation_report,
+            workers,
+            experiments_dir,
+            show_progress,
+            arm=arm,
+        )
+        for arm in exp.arms
+    }
+
+
+def write_sweeps(results: dict[str, SweepResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = {"selected": select_arm(results), "arms": {arm: asdict(r) for arm, r in results.items()}}
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def read_sweeps(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the sweep stage (`mlops sweep`) first")
+    return json.loads(path.read_text())
