@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -34,6 +35,7 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mlops.config import ConfigError
+        from mlops.registry.history import PromotionConflict
         from mlops.registry.versions import PromotionError
         from mlops.tasks import UnknownTaskError
         from mlops.validation import ValidationFailed
@@ -44,6 +46,7 @@ def friendly(fn):
             ConfigError,
             ValidationFailed,
             PromotionError,
+            PromotionConflict,
             UnknownTaskError,
             FileNotFoundError,
             ConnectionError,
@@ -145,6 +148,11 @@ def data_prepare(
 # --- sweep / train / evaluate / register ------------------------------------------------------------
 
 
+class Backend(enum.StrEnum):
+    local = "local"
+    kubernetes = "kubernetes"
+
+
 @app.command("sweep")
 @friendly
 def sweep(
@@ -156,26 +164,47 @@ def sweep(
     workers: Annotated[int | None, typer.Option(help="local worker processes (default: params sweep.workers)")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
+    backend: Annotated[
+        Backend, typer.Option(help="local worker processes, or one Kubernetes Job per arm (params cluster.sweep)")
+    ] = Backend.local,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="kubernetes: print the Jobs, submit nothing")] = False,
 ) -> None:
-    """Optuna sweep on local worker processes; resumes the same study when rerun."""
+    """Optuna sweep on local worker processes or Kubernetes Jobs; resumes the same study when rerun."""
     from mlops.config import load_experiment, load_params
     from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
+    if backend is Backend.local and dry_run:
+        raise typer.BadParameter("--dry-run goes with --backend kubernetes")
+    if backend is Backend.kubernetes and workers is not None:
+        raise typer.BadParameter("--workers is for local sweeps; Jobs take params.yaml cluster.sweep.completions")
     require_valid(validation)
     params = load_params(params_path)
     exp = load_experiment(task, experiments)
-    results = run_sweeps(
-        task,
-        params,
-        exp,
-        _settings(),
-        data,
-        raw,
-        validation,
-        workers or params.sweep.workers,
-        experiments_dir=experiments,
-    )
+    if backend is Backend.kubernetes:
+        from mlops.tuning.kubernetes import SweepJobFailed, run_kubernetes_sweeps
+
+        try:
+            results = run_kubernetes_sweeps(
+                task, params, exp, _settings(), data, raw, validation, experiments, dry_run=dry_run
+            )
+        except SweepJobFailed as exc:
+            console.print(f"[bold red]sweep job failed:[/]\n{exc}")
+            raise typer.Exit(1) from None
+        if dry_run:
+            return
+    else:
+        results = run_sweeps(
+            task,
+            params,
+            exp,
+            _settings(),
+            data,
+            raw,
+            validation,
+            workers or params.sweep.workers,
+            experiments_dir=experiments,
+        )
     write_sweeps(results, out)
     for r in results.values():
         console.print(
@@ -299,17 +328,101 @@ def registry_promote(
     version: Annotated[str, typer.Argument(help="version number or alias (e.g. challenger)")],
     approver: Annotated[str, typer.Option(help="who approves this release")] = ...,
     reason: Annotated[str, typer.Option(help="why")] = ...,
+    force: Annotated[bool, typer.Option(help="promote despite failed gates (recorded as forced)")] = False,
     if_no_champion: Annotated[bool, typer.Option(help="only when the task has no champion yet")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Move alias `champion` to VERSION after checking validation and gates."""
-    from mlops.registry.versions import CHAMPION, has_alias, promote
+    """Move alias `champion` to VERSION when every gate holds; says which gate failed otherwise."""
+    from mlops.config import load_params
+    from mlops.registry.release import promote
+    from mlops.registry.versions import CHAMPION, has_alias
 
     settings = _settings()
     if if_no_champion and has_alias(task, CHAMPION, settings):
         console.print(f"{task} already has a champion; nothing to do")
         return
-    promoted = promote(task, version, settings, approver, reason)
-    console.print(f"{task}: champion -> v{promoted}")
+    event = promote(task, version, settings, load_params(params_path), approver, reason, force=force)
+    forced = " [yellow](forced)[/]" if event.forced else ""
+    console.print(f"{task}: champion v{event.from_version or '-'} -> v{event.to_version}{forced}")
+
+
+@registry_app.command("rollback")
+@friendly
+def registry_rollback(
+    task: str,
+    reason: Annotated[str, typer.Option(help="why")] = ...,
+    actor: Annotated[str, typer.Option(help="who rolls back")] = ...,
+) -> None:
+    """Move `champion` back to the previous champion (recorded in the history)."""
+    from mlops.registry.release import rollback
+
+    event = rollback(task, _settings(), actor, reason)
+    console.print(f"{task}: champion v{event.from_version} -> v{event.to_version} (rollback)")
+
+
+@registry_app.command("history")
+@friendly
+def registry_history(
+    task: str,
+    at: Annotated[str | None, typer.Option(help="ISO time: who was champion then")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every alias move (from, to, who, when, why, gates, forced); `--at` answers who was champion then."""
+    from mlops.registry.release import event_json, history
+
+    events = history(task, _settings(), at)
+    if as_json:
+        sys.stdout.write(json.dumps([event_json(e) for e in events], indent=2) + "\n")
+        return
+    if at is not None and not events:
+        console.print(f"{task} had no champion at {at}")
+        return
+    table = Table(title=f"{task} alias history" + (f" at {at}" if at else ""))
+    for col in ("#", "when (UTC)", "action", "alias", "from", "to", "who", "why", "forced", "gates"):
+        table.add_column(col)
+    for e in events:
+        gates = json.loads(e.gates)
+        summary = ", ".join(f"{k}:{'ok' if g['passed'] else 'FAIL'}" for k, g in gates.items())
+        table.add_row(
+            str(e.seq),
+            e.at[:19],
+            e.action,
+            e.alias,
+            e.from_version or "-",
+            e.to_version,
+            e.actor,
+            e.reason,
+            "yes" if e.forced else "",
+            summary,
+        )
+    Console().print(table)
+
+
+@registry_app.command("verify")
+@friendly
+def registry_verify() -> None:
+    """Check the alias history's hash chain and that the registry's aliases agree with it."""
+    from mlops.registry.release import verify
+    from mlops.tasks import task_names
+
+    problems = verify(_settings(), task_names())
+    if problems:
+        for p in problems:
+            console.print(f"[bold red]TAMPERED/INCONSISTENT:[/] {p}")
+        raise typer.Exit(1)
+    console.print("alias history intact and consistent with the registry")
+
+
+@registry_app.command("card")
+@friendly
+def registry_card(task: str, version: str, params_path: ParamsOpt = Path("params.yaml")) -> None:
+    """Print the model card of a version (Markdown)."""
+    from mlops.config import load_params
+    from mlops.registry.cards import model_card
+    from mlops.tracking.runs import connect
+
+    connect(_settings())
+    sys.stdout.write(model_card(task, version, load_params(params_path)))
 
 
 # --- serving ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -187,6 +187,28 @@ class Gates(Strict):
 
     min: dict[str, float]
     max: dict[str, float]
+    #: How far a new champion may fall behind the current one, per metric, on the same test split.
+    tolerance: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _tolerance_has_direction(self) -> Gates:
+        unknown = sorted(set(self.tolerance) - set(self.min) - set(self.max))
+        if unknown:
+            raise ValueError(f"tolerance for {unknown}: list each metric under min or max too")
+        return self
+
+    def regressions(self, candidate: dict[str, float], champion: dict[str, float]) -> list[str]:
+        """Metrics where ``candidate`` is worse than ``champion`` by more than the tolerance."""
+        failed = []
+        for name, slack in self.tolerance.items():
+            new, old = candidate.get(name), champion.get(name)
+            if new is None or old is None:
+                failed.append(f"{name}: missing (candidate {new}, champion {old})")
+            elif name in self.min and new < old - slack:
+                failed.append(f"{name}={new:.4g} < champion {old:.4g} - {slack}")
+            elif name in self.max and new > old + slack:
+                failed.append(f"{name}={new:.4g} > champion {old:.4g} + {slack}")
+        return failed
 
     def failures(self, metrics: dict[str, float]) -> list[str]:
         failed = []

@@ -21,10 +21,30 @@ class Settings(BaseSettings):
     artifact_root: str | None = None
     optuna_storage: str | None = None
     dvc_remote: str = ".dvc-storage"
+    #: Database of the alias history; defaults to the MLflow backend store's (the tracking URI).
+    history_uri: str | None = None
+    # Cluster mode: Optuna on a database server shared by many workers, sweeps as Kubernetes Jobs
+    #: connections of one worker process to the Optuna database (the server sees workers x both)
+    db_pool_size: int = 2
+    db_max_overflow: int = 2
+    #: seconds between heartbeats of a running trial on a database server (0 turns heartbeats off)
+    heartbeat_interval: int = 60
+    #: a trial silent this long (seconds) is failed and retried from its last epoch checkpoint
+    heartbeat_grace_period: int = 180
+    #: retries of a trial whose worker died (preemption, OOM kill) before it stays failed
+    trial_max_retry: int = 3
+    #: where `mlops sweep --backend kubernetes` runs: namespace, worker image, kubeconfig context
+    k8s_namespace: str = "mlops"
+    k8s_image: str = "mlops:latest"
+    k8s_context: str | None = None
+    #: the sweep worker Job template the launcher fills in (relative to the project root)
+    k8s_job_template: Path = Path("k8s/sweep/worker-job.yaml")
     # Serving
     max_upload_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     served_alias: str = "champion"
+    #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).
+    alias_poll_seconds: float = 10.0
 
     @cached_property
     def home_dir(self) -> Path:

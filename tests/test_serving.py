@@ -27,8 +27,24 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(pipeline_repo):
     repo, env = pipeline_repo["repo"], dict(pipeline_repo["env"])
-    run(["mlops", "registry", "promote", "fume_hood", "challenger", "--approver", "t", "--reason", "serve"], repo, env)
+    run(
+        [
+            "mlops",
+            "registry",
+            "promote",
+            "fume_hood",
+            "challenger",
+            "--if-no-champion",
+            "--approver",
+            "t",
+            "--reason",
+            "serve",
+        ],
+        repo,
+        env,
+    )
     env["MLOPS_MAX_UPLOAD_BYTES"] = "300000"
+    env["MLOPS_ALIAS_POLL_SECONDS"] = "0.3"
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlops"), "serve", "--port", str(port)],
@@ -52,9 +68,12 @@ def server(pipeline_repo):
     else:
         proc.kill()
         raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
-    yield base
+    yield {"base": base, "repo": repo, "env": env}
     proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def photo_bytes(fmt: str = "JPEG", size=(160, 120)) -> bytes:
@@ -70,6 +89,7 @@ def post(base: str, data: bytes, content_type: str, task: str = "fume_hood") -> 
 
 
 def test_health_and_model_list_with_lineage(server):
+    server = server["base"]
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     models = httpx.get(f"{server}/v1/models").json()["models"]
     fh = next(m for m in models if m["task"] == "fume_hood")
@@ -80,6 +100,7 @@ def test_health_and_model_list_with_lineage(server):
 
 @pytest.mark.parametrize("fmt, ctype", [("JPEG", "image/jpeg"), ("PNG", "image/png")])
 def test_predict_returns_rating_probabilities_and_heatmap(server, fmt, ctype):
+    server = server["base"]
     resp = post(server, photo_bytes(fmt), ctype)
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -101,11 +122,74 @@ def test_predict_returns_rating_probabilities_and_heatmap(server, fmt, ctype):
     ],
 )
 def test_bad_uploads_get_4xx_with_a_message(server, data, ctype, status, words):
+    server = server["base"]
     resp = post(server, data, ctype)
     assert resp.status_code == status, resp.text
     assert words in resp.json()["detail"]
 
 
 def test_unknown_task_is_404_naming_known_tasks(server):
+    server = server["base"]
     resp = post(server, photo_bytes(), "image/jpeg", task="fume_hod")
     assert resp.status_code == 404 and "fume_hood" in resp.json()["detail"]
+
+
+def test_hot_swap_under_load_on_promotion_and_rollback(server, monkeypatch):
+    """Continuous requests while champion moves v1 -> v2 -> v1: none fails, each names its version."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from mlops.settings import Settings
+    from mlops.tracking.runs import connect
+
+    base, repo, env = server["base"], server["repo"], server["env"]
+    monkeypatch.setenv("MLOPS_HOME", env["MLOPS_HOME"])
+    connect(Settings())
+    client = MlflowClient()
+    v1 = client.get_model_version_by_alias("fume_hood", "champion")
+    v2 = client.create_model_version("fume_hood", v1.source, run_id=v1.run_id, tags=v1.tags)
+
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    photo = photo_bytes()
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(f"{base}/v1/models/fume_hood/predict", files={"file": ("x.jpg", photo, "image/jpeg")})
+                except httpx.HTTPError as exc:  # a failed request, recorded as such
+                    seen.append((0, repr(exc)))
+                    continue
+                seen.append((r.status_code, r.json().get("version") if r.status_code == 200 else r.text))
+
+    def wait_for(version: str) -> None:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if seen and seen[-1][1] == version:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"service never answered with v{version}; last: {seen[-3:]}")
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        wait_for(str(v1.version))
+        run(
+            ["mlops", "registry", "promote", "fume_hood", str(v2.version), "--approver", "rm", "--reason", "v2"],
+            repo,
+            env,
+        )
+        wait_for(str(v2.version))
+        run(["mlops", "registry", "rollback", "fume_hood", "--actor", "rm", "--reason", "back"], repo, env)
+        wait_for(str(v1.version))
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    failures = [s for s in seen if s[0] != 200]
+    assert not failures, failures[:5]
+    order = [v for i, (_, v) in enumerate(seen) if i == 0 or seen[i - 1][1] != v]
+    assert order == [str(v1.version), str(v2.version), str(v1.version)]
+    served = httpx.get(f"{base}/v1/models", timeout=60).json()["models"][0]
+    assert served["version"] == str(v1.version) and served["promoted_by"] == "rm"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from mlops.inference import BadInput
@@ -22,11 +23,13 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
         from mlops.tracking.runs import connect
 
         connect(settings)
-        store = ModelStore(settings)
-        store.load_all(tasks or task_names())
+        store = ModelStore(settings, tasks or task_names())
+        await run_in_threadpool(store.refresh)
+        store.start_watching()
         app.state.store = store
         app.state.settings = settings
         yield
+        store.stop()
 
     app = FastAPI(title="mlops model service", version="1", lifespan=lifespan)
     app.include_router(router)

@@ -1,4 +1,10 @@
-"""Loads each task's approved model from the registry (``models:/<task>@<alias>``)."""
+"""Each task's approved model, loaded from the registry (``models:/<task>@<alias>``) and kept current.
+
+The store follows the registry: ``refresh()`` (called by a watcher thread every
+``alias_poll_seconds``, and by the registry webhook) loads a moved alias's version *beside* the one in
+service, checks that it answers a warm-up input, then swaps the entry in one assignment. If loading
+fails, the old version keeps serving and the failure shows in ``/readyz`` and ``/v1/models``.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +29,27 @@ class ServedModel:
     lineage: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.task, "version": self.version, "alias": self.alias, "lineage": self.lineage}
+        return {
+            "task": self.task,
+            "version": self.version,
+            "alias": self.alias,
+            "promoted_by": self.lineage.get("promoted_by"),
+            "promoted_at": self.lineage.get("promoted_at"),
+            "lineage": self.lineage,
+        }
 
 
 class ModelStore:
-    """Task name -> served model. Reads are lock-free; a swap replaces one entry atomically."""
+    """Task name -> served model. Reads are lock-free (dict lookups); swaps happen under a lock."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, tasks: list[str]):
         self.settings = settings
+        self.tasks = tasks
         self._models: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def get(self, task: str) -> ServedModel | None:
         return self._models.get(task)
@@ -41,35 +57,67 @@ class ModelStore:
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    def load_all(self, tasks: list[str]) -> None:
-        for task in tasks:
-            try:
-                served = self.load(task)
-            except Exception as exc:  # keep serving the others; report in /readyz and /v1/models
-                self.errors[task] = str(exc)
-                log.warning("no model served for %s: %s", task, exc)
-                continue
-            if served is not None:
-                with self._lock:
-                    self._models[task] = served
-                    self.errors.pop(task, None)
+    def refresh(self) -> list[str]:
+        """Load every task whose alias points to another version than the one served; return swapped tasks."""
+        with self._swap_lock:  # one refresh at a time (watcher and webhook)
+            swapped = []
+            for task in self.tasks:
+                try:
+                    target = self._alias_version(task)
+                    if target is None:
+                        self.errors.setdefault(task, f"no version with alias {self.settings.served_alias!r}")
+                        continue
+                    current = self._models.get(task)
+                    if current is not None and current.version == target:
+                        continue
+                    served = self._load(task, target)
+                except Exception as exc:  # keep serving what we have; report it
+                    self.errors[task] = f"{type(exc).__name__}: {exc}"
+                    log.warning("keeping %s as served; loading failed: %s", task, exc)
+                    continue
+                self._models = {**self._models, task: served}  # one assignment: readers see old or new
+                self.errors.pop(task, None)
+                swapped.append(task)
+                log.info("%s: now serving v%s (%s)", task, served.version, served.alias)
+            return swapped
 
-    def load(self, task: str) -> ServedModel | None:
-        """Load ``task``'s aliased version, check it answers a warm-up input; None if it has no alias."""
-        import mlflow
+    def _alias_version(self, task: str) -> str | None:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        client = MlflowClient()
-        alias = self.settings.served_alias
         try:
-            mv = client.get_model_version_by_alias(task, alias)
+            return str(MlflowClient().get_model_version_by_alias(task, self.settings.served_alias).version)
         except MlflowException:
-            self.errors[task] = f"no version with alias {alias!r} in the registry"
             return None
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{task}@{alias}")
+
+    def _load(self, task: str, version: str) -> ServedModel:
+        """Load a version beside the served one and check it answers before it may be swapped in."""
+        import mlflow
+        from mlflow import MlflowClient
+
+        mv = MlflowClient().get_model_version(task, version)
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{task}/{version}")
         predictor: Predictor = pyfunc.unwrap_python_model().predictor
         predictor.max_pixels = self.settings.max_image_pixels
-        predictor.predict_array(predictor.warmup_input())  # fails here, not on a client's request
+        predictor.predict_array(predictor.warmup_input())
         lineage = {k.removeprefix(LINEAGE): v for k, v in mv.tags.items() if k.startswith(LINEAGE)}
-        return ServedModel(task, str(mv.version), alias, predictor, lineage)
+        return ServedModel(task, version, self.settings.served_alias, predictor, lineage)
+
+    # --- watcher --------------------------------------------------------------------------------
+    def start_watching(self) -> None:
+        if self.settings.alias_poll_seconds <= 0:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="alias-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.alias_poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # never let the watcher die
+                log.exception("alias watch failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)

@@ -33,6 +33,13 @@ def readyz(store: Store) -> Any:
     return {"status": "ready", **body}
 
 
+@router.post("/v1/registry/events")
+async def registry_event(store: Store) -> dict[str, Any]:
+    """Webhook for registry events (alias moved): check the aliases now instead of at the next poll."""
+    swapped = await run_in_threadpool(store.refresh)
+    return {"swapped": swapped, "served": {m.task: m.version for m in store.all()}}
+
+
 @router.get("/v1/models")
 def list_models(store: Store) -> dict[str, Any]:
     return {"models": [m.describe() for m in store.all()], "not_served": store.errors}

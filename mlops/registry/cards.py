@@ -1,0 +1,62 @@
+"""Model cards: what a version is, its data and validation, metrics vs gates and vs champion, lineage."""
+
+from __future__ import annotations
+
+from mlops.config import Params
+from mlops.registry.versions import CHAMPION, alias_version, client, version_metrics
+from mlops.tracking.lineage import TAG
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def model_card(task: str, version: str, params: Params) -> str:
+    """Markdown card of ``task`` version ``version`` (reads the registry; compares with the champion)."""
+    c = client()
+    mv = c.get_model_version(task, version)
+    tags = mv.tags
+    metrics = version_metrics(mv)
+    gates = params.task(task).gates
+    champion = alias_version(c, task, CHAMPION)
+    champ_metrics = version_metrics(c.get_model_version(task, champion)) if champion else {}
+    lines = [
+        f"# {task} v{version}",
+        "",
+        f"Model `{tags.get(f'{TAG}arm', '?')}` for task `{task}`, trained in MLflow run "
+        f"`{tags.get(f'{TAG}run_id', '?')}` (sweep `{tags.get(f'{TAG}sweep_id', '?')}`).",
+        f"Aliases: {', '.join(mv.aliases) or 'none'}; current champion: v{champion or '-'}.",
+        "",
+        "## Data",
+        _row("raw data (DVC md5)", tags.get(f"{TAG}data.raw_md5")),
+        _row("---", "---"),
+        _row("prepared data (DVC md5)", tags.get(f"{TAG}data.prepared_md5")),
+        _row("validation passed", tags.get(f"{TAG}validation.success")),
+        _row("validation report", tags.get(f"{TAG}validation.report")),
+        _row("validated at", tags.get(f"{TAG}validation.at")),
+        "",
+        "## Metrics (fixed test split)",
+        _row("metric", "value", "gate", f"champion v{champion or '-'}", "tolerance"),
+        _row("---", "---", "---", "---", "---"),
+    ]
+    for name in sorted(metrics):
+        gate = f">= {gates.min[name]}" if name in gates.min else (f"<= {gates.max[name]}" if name in gates.max else "")
+        champ = champ_metrics.get(name, "")
+        lines.append(
+            _row(
+                name, f"{metrics[name]:.4g}", gate, f"{champ:.4g}" if champ != "" else "", gates.tolerance.get(name, "")
+            )
+        )
+    lines += [
+        "",
+        f"Gates: {tags.get(f'{TAG}gates', '?')}",
+        "",
+        "## Lineage",
+        _row("git commit", tags.get(f"{TAG}git_commit")),
+        _row("---", "---"),
+        _row("uncommitted changes", tags.get(f"{TAG}git_dirty")),
+        _row("params hash", tags.get(f"{TAG}params_hash")),
+        _row("promoted by / at", f"{tags.get(f'{TAG}promoted_by', '-')} / {tags.get(f'{TAG}promoted_at', '-')}"),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Release management: gated promotion with evidence, rollback, alias history, tamper check.
+
+Gates a version must hold to become ``champion`` (each recorded with its detail in the history):
+  1. ``validation`` — its training data passed validation (lineage tag);
+  2. ``quality`` — its test metrics meet the task's gates in params.yaml;
+  3. ``no_regression`` — it does not trail the current champion by more than the tolerance, measured on
+     the same test split (the champion is re-evaluated on the candidate's split when they differ);
+  4. ``approval`` — an approver and a reason are given.
+``force`` (with a reason) moves the alias despite failed gates and is recorded as forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlops.config import Params
+from mlops.registry.history import (
+    AliasEvent,
+    History,
+    champion_at,
+    history_url,
+    new_event,
+    pause_for_tests,
+    verify_chain,
+)
+from mlops.registry.versions import CHAMPION, PromotionError, alias_version, client, version_metrics
+from mlops.settings import Settings
+from mlops.tracking.lineage import TAG, dvc_hash
+from mlops.tracking.runs import connect
+
+
+def open_history(settings: Settings) -> History:
+    return History(settings.history_uri or history_url(settings.resolved_tracking_uri))
+
+
+def _resolve(c, task: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    if not version.isdigit():
+        resolved = alias_version(c, task, version)
+        if resolved is None:
+            raise PromotionError(f"{task} has no version with alias {version!r}; see `mlops registry status`")
+        version = resolved
+    try:
+        return c.get_model_version(task, version)
+    except MlflowException as exc:
+        raise PromotionError(f"{task} has no version {version}: {exc.message}") from exc
+
+
+def _champion_metrics_on(task: str, champion, candidate, params: Params) -> dict[str, float]:
+    """The champion's test metrics on the candidate's test split."""
+    same_split = champion.tags.get(f"{TAG}data.prepared_md5") == candidate.tags.get(f"{TAG}data.prepared_md5")
+    if same_split:
+        return version_metrics(champion)
+    prepared = Path(candidate.tags.get(f"{TAG}data.prepared_path", ""))
+    want = candidate.tags.get(f"{TAG}data.prepared_md5")
+    if not prepared.is_dir() or dvc_hash(prepared) != want:
+        raise PromotionError(
+            f"the champion must be re-evaluated on the candidate's test split (prepared data {want}), "
+            f"which is not checked out at {prepared}: run `dvc checkout` / `dvc repro` for that data version"
+        )
+    import mlflow
+
+    from mlops.tasks import get_task
+    from mlops.training.model_files import load_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{champion.version}", dst_path=tmp))
+        model, _ = load_model_dir(root / "artifacts")
+        evaluation = get_task(task).evaluate(model, prepared, params.task(task), Path(tmp) / "eval")
+    return evaluation.metrics
+
+
+def check_gates(task: str, candidate, params: Params, approver: str, reason: str) -> dict[str, dict]:
+    c = client()
+    gates: dict[str, dict] = {}
+    ok = candidate.tags.get(f"{TAG}validation.success") == "true"
+    gates["validation"] = {"passed": ok, "detail": f"training data validation success={ok}"}
+    task_gates = params.task(task).gates
+    failures = task_gates.failures(version_metrics(candidate))
+    gates["quality"] = {"passed": not failures, "detail": "; ".join(failures) or "all test metrics within gates"}
+    champion_version = alias_version(c, task, CHAMPION)
+    if champion_version is None:
+        gates["no_regression"] = {"passed": True, "detail": "no current champion"}
+    elif champion_version == str(candidate.version):
+        raise PromotionError(f"{task} v{candidate.version} is already the champion")
+    else:
+        champion = c.get_model_version(task, champion_version)
+        worse = task_gates.regressions(
+            version_metrics(candidate), _champion_metrics_on(task, champion, candidate, params)
+        )
+        gates["no_regression"] = {
+            "passed": not worse,
+            "detail": "; ".join(worse) or f"within tolerance of champion v{champion_version}",
+        }
+    named = bool(approver.strip()) and bool(reason.strip())
+    gates["approval"] = {
+        "passed": named,
+        "detail": f"approver={approver!r}" if named else "approver and reason required",
+    }
+    return gates
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _move(
+    settings: Settings,
+    task: str,
+    to_version: str,
+    actor: str,
+    reason: str,
+    action: str,
+    forced: bool,
+    gates: dict,
+    expected_from: str | None = None,
+) -> AliasEvent:
+    from datetime import UTC, datetime
+
+    history = open_history(settings)
+    c = client()
+    with history.release_lock(task, _holder()):
+        pause_for_tests()
+        current = alias_version(c, task, CHAMPION)
+        if expected_from is not None and current != expected_from:
+            raise PromotionError(f"{task}: champion changed to v{current} meanwhile; nothing changed, retry")
+        c.set_registered_model_alias(task, CHAMPION, to_version)
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        for key, value in (("promoted_by", actor), ("promoted_at", now), ("promotion_reason", reason)):
+            c.set_model_version_tag(task, to_version, f"{TAG}{key}", value)
+        event = new_event(history.last(task), task, CHAMPION, action, current, to_version, actor, reason, forced, gates)
+        return history.append(event)
+
+
+def promote(
+    task: str, version: str, settings: Settings, params: Params, approver: str, reason: str, force: bool = False
+) -> AliasEvent:
+    """Move ``champion`` to ``version`` (number or alias) when every gate holds (or ``force``)."""
+    connect(settings)
+    if not reason.strip() or not approver.strip():
+        raise PromotionError("an approver (--approver) and a reason (--reason) are required")
+    candidate = _resolve(client(), task, version)
+    gates = check_gates(task, candidate, params, approver, reason)
+    failed = [f"{name}: {g['detail']}" for name, g in gates.items() if not g["passed"]]
+    if failed and not force:
+        raise PromotionError(
+            f"{task} v{candidate.version} not promoted; failed gates:\n  "
+            + "\n  ".join(failed)
+            + "\n(--force with a reason overrides, and is recorded as forced)"
+        )
+    before = alias_version(client(), task, CHAMPION)
+    return _move(
+        settings,
+        task,
+        str(candidate.version),
+        approver,
+        reason,
+        "force" if failed else "promote",
+        bool(failed),
+        gates,
+        expected_from=before,
+    )
+
+
+def champion_stack(events: list[AliasEvent]) -> list[str]:
+    """Champions in order, replaying promotions (push) and rollbacks (pop)."""
+    stack: list[str] = []
+    for e in events:
+        if e.alias != CHAMPION:
+            continue
+        if e.action == "rollback":
+            stack.pop()
+        else:
+            stack.append(e.to_version)
+    return stack
+
+
+def rollback(task: str, settings: Settings, actor: str, reason: str) -> AliasEvent:
+    """Move ``champion`` back to the champion before the current one."""
+    connect(settings)
+    if not reason.strip() or not actor.strip():
+        raise PromotionError("a reason (--reason) and who rolls back (--actor) are required")
+    stack = champion_stack(open_history(settings).events(task))
+    if len(stack) < 2:
+        raise PromotionError(f"{task} has no previous champion to roll back to (history: {stack or 'empty'})")
+    gates = {"rollback": {"passed": True, "detail": f"back from v{stack[-1]} to v{stack[-2]}"}}
+    return _move(settings, task, stack[-2], actor, reason, "rollback", False, gates, expected_from=stack[-1])
+
+
+def history(task: str, settings: Settings, at: str | None = None) -> list[AliasEvent]:
+    events = open_history(settings).events(task)
+    if at is None:
+        return events
+    event = champion_at(events, CHAMPION, at)
+    return [event] if event else []
+
+
+def verify(settings: Settings, tasks: list[str]) -> list[str]:
+    """Problems found: broken hash chains, and aliases that disagree with the history."""
+    connect(settings)
+    store, c = open_history(settings), client()
+    problems = []
+    for task in tasks:
+        events = store.events(task)
+        problems += verify_chain(events)
+        stack = champion_stack(events)
+        try:
+            current = alias_version(c, task, CHAMPION)
+        except Exception:  # the registered model does not exist
+            current = None
+        expected = stack[-1] if stack else None
+        if current != expected:
+            problems.append(f"{task}: registry champion is v{current} but the history says v{expected}")
+    return problems
+
+
+def event_json(e: AliasEvent) -> dict:
+    return {**e.__dict__, "gates": json.loads(e.gates)}

@@ -1,0 +1,255 @@
+"""Release management against real registries: MLflow on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from mlops.config import load_params
+from mlops.registry.history import EVENTS, PromotionConflict
+from mlops.registry.release import history, promote, rollback, verify
+from mlops.registry.versions import CHAMPION, PromotionError
+from mlops.settings import Settings
+from mlops.tracking.runs import connect
+from tests.conftest import BIN, env_for, tiny_params, write_params
+
+pytestmark = pytest.mark.integration
+TASK = "fume_hood"
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def release_params(tmp_path):
+    data = tiny_params()
+    data["fume_hood"]["gates"] = {
+        "min": {"test_accuracy": 0.5},
+        "max": {"test_loss": 2.0},
+        "tolerance": {"test_accuracy": 0.05, "test_loss": 0.1},
+    }
+    return write_params(tmp_path, data)
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    """An empty MLflow registry on SQLite in a temp MLOPS_HOME, plus a maker of model versions."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    for key in ("MLOPS_TRACKING_URI", "MLOPS_HISTORY_URI", "MLOPS_PROMOTION_HOLD_SECONDS"):
+        monkeypatch.delenv(key, raising=False)
+    return _registry(tmp_path)
+
+
+def _registry(tmp_path):
+    import mlflow
+
+    settings = Settings()
+    connect(settings)
+    params_path = release_params(tmp_path)
+
+    def make_version(accuracy=0.7, loss=1.0, valid=True, md5="md5-a") -> str:
+        with mlflow.start_run() as run:
+            mlflow.log_text("weights would be here", "model/readme.txt")
+        tags = {
+            "mlops.validation.success": str(valid).lower(),
+            "mlops.data.prepared_md5": md5,
+            "mlops.metric.test_accuracy": str(accuracy),
+            "mlops.metric.test_loss": str(loss),
+            "mlops.git_commit": "c" * 40,
+        }
+        client = mlflow.MlflowClient()
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # exists already
+            client.create_registered_model(TASK)
+        source = f"{run.info.artifact_uri}/model"
+        return str(client.create_model_version(TASK, source, run_id=run.info.run_id, tags=tags).version)
+
+    return settings, load_params(params_path), params_path, make_version
+
+
+def test_each_gate_refuses_with_its_name(registry):
+    settings, params, _, make = registry
+    bad_data = make(valid=False)
+    with pytest.raises(PromotionError, match="validation: training data validation success=False"):
+        promote(TASK, bad_data, settings, params, "rm", "release")
+    weak = make(accuracy=0.3)
+    with pytest.raises(PromotionError, match=r"quality: test_accuracy=0.3 < 0.5"):
+        promote(TASK, weak, settings, params, "rm", "release")
+    good = make(accuracy=0.8)
+    with pytest.raises(PromotionError, match="approver"):
+        promote(TASK, good, settings, params, "rm", " ")
+    promote(TASK, good, settings, params, "rm", "first release")
+    worse = make(accuracy=0.7)  # passes the gate (>= 0.5) but trails the champion by 0.1 > 0.05
+    with pytest.raises(PromotionError, match=r"no_regression: test_accuracy=0.7 < champion 0.8 - 0.05"):
+        promote(TASK, worse, settings, params, "rm", "try")
+    slightly = make(accuracy=0.77, loss=1.05)  # within both tolerances
+    event = promote(TASK, slightly, settings, params, "rm", "within tolerance")
+    assert (event.from_version, event.to_version, event.forced) == (good, slightly, False)
+    assert verify(settings, [TASK]) == []
+
+
+def test_regression_on_a_different_split_needs_that_data(registry):
+    settings, params, _, make = registry
+    promote(TASK, make(accuracy=0.8), settings, params, "rm", "first")
+    other = make(accuracy=0.9, md5="md5-b")
+    with pytest.raises(PromotionError, match="re-evaluated on the candidate's test split"):
+        promote(TASK, other, settings, params, "rm", "new data")
+
+
+def test_force_is_recorded_with_the_failed_gates(registry):
+    settings, params, _, make = registry
+    weak = make(accuracy=0.2)
+    event = promote(TASK, weak, settings, params, "rm", "hotfix: the old model crashes", force=True)
+    assert event.forced and event.action == "force"
+    assert '"quality": {"detail": "test_accuracy=0.2 < 0.5", "passed": false}' in event.gates
+    with pytest.raises(PromotionError, match="reason"):
+        promote(TASK, make(accuracy=0.2), settings, params, "rm", "", force=True)
+
+
+def test_rollback_and_history_at(registry):
+    settings, params, _, make = registry
+    v1, v2 = make(accuracy=0.8), make(accuracy=0.82)
+    with pytest.raises(PromotionError, match="no previous champion"):
+        rollback(TASK, settings, "rm", "nothing yet")
+    promote(TASK, v1, settings, params, "alice", "first")
+    time.sleep(0.05)
+    between = datetime.now(UTC).isoformat()
+    time.sleep(0.05)
+    promote(TASK, v2, settings, params, "bob", "better")
+    event = rollback(TASK, settings, "carol", "v2 misbehaves in production")
+    assert (event.from_version, event.to_version, event.action) == (v2, v1, "rollback")
+    from mlflow import MlflowClient
+
+    assert MlflowClient().get_model_version_by_alias(TASK, CHAMPION).version == int(v1)
+    with pytest.raises(PromotionError, match="no previous champion"):
+        rollback(TASK, settings, "carol", "again")
+    events = history(TASK, settings)
+    assert [(e.action, e.actor, e.to_version) for e in events] == [
+        ("promote", "alice", v1),
+        ("promote", "bob", v2),
+        ("rollback", "carol", v1),
+    ]
+    assert history(TASK, settings, at=between)[0].to_version == v1
+    assert history(TASK, settings, at=events[1].at)[0].to_version == v2
+    assert history(TASK, settings, at="2000-01-01T00:00:00") == []
+    assert verify(settings, [TASK]) == []
+
+
+def test_verify_detects_edits_deletions_and_outside_alias_moves(registry):
+    settings, params, _, make = registry
+    for acc in (0.8, 0.81, 0.82):
+        promote(TASK, make(accuracy=acc), settings, params, "rm", f"release {acc}")
+    engine = sa.create_engine(settings.resolved_tracking_uri)
+    with engine.begin() as conn:
+        conn.execute(EVENTS.update().where(EVENTS.c.seq == 2).values(reason="nothing to see"))
+    assert any("event 2 was modified" in p for p in verify(settings, [TASK]))
+    with engine.begin() as conn:
+        conn.execute(EVENTS.delete().where(EVENTS.c.seq == 2))
+    problems = verify(settings, [TASK])
+    assert any("event 2 is missing" in p for p in problems)
+    assert any("does not link" in p for p in problems)
+
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(TASK, CHAMPION, "1")  # behind the history's back
+    assert any("registry champion is v1 but the history says v3" in p for p in verify(settings, [TASK]))
+
+
+def test_cli_verify_exit_codes(registry, tmp_path):
+    settings, params, params_path, make = registry
+    env = env_for(settings.home_dir)
+    ok = subprocess.run([str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    promote(TASK, make(accuracy=0.8), settings, params, "rm", "first")
+    with sa.create_engine(settings.resolved_tracking_uri).begin() as conn:
+        conn.execute(EVENTS.update().values(actor="mallory"))
+    bad = subprocess.run([str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "modified" in bad.stderr
+
+
+def _race(settings, params_path, make, env) -> None:
+    """Two promotions of the same task at once: exactly one wins, the other is a clean conflict."""
+    from mlflow import MlflowClient
+
+    a, b = make(accuracy=0.8), make(accuracy=0.81)
+    env = {**env, "MLOPS_PROMOTION_HOLD_SECONDS": "3"}
+    cmd = [
+        str(BIN / "mlops"),
+        "registry",
+        "promote",
+        TASK,
+        "{v}",
+        "--approver",
+        "rm",
+        "--reason",
+        "race",
+        "--params",
+        str(params_path),
+    ]
+    procs = [
+        subprocess.Popen(
+            [c.format(v=v) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for v in (a, b)
+    ]
+    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "in progress" in loser
+    winner = (a, b)[[code for code, _ in results].index(0)]
+    assert str(MlflowClient().get_model_version_by_alias(TASK, CHAMPION).version) == winner
+    events = history(TASK, settings)
+    assert [e.to_version for e in events] == [winner]
+    assert verify(settings, [TASK]) == []
+
+
+def test_concurrent_promotions_sqlite(registry):
+    settings, _, params_path, make = registry
+    _race(settings, params_path, make, env_for(settings.home_dir))
+
+
+@pytest.fixture()
+def pg_registry(tmp_path, monkeypatch):
+    name = f"mlops_test_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required for this test: {exc}")
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLOPS_TRACKING_URI", f"{PG}/{name}")
+    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    monkeypatch.delenv("MLOPS_HISTORY_URI", raising=False)
+    yield _registry(tmp_path)
+    sa.orm.close_all_sessions()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_concurrent_promotions_postgres_and_rollback(pg_registry):
+    settings, params, params_path, make = pg_registry
+    env = {
+        **env_for(settings.home_dir),
+        "MLOPS_TRACKING_URI": os.environ["MLOPS_TRACKING_URI"],
+        "MLOPS_ARTIFACT_ROOT": os.environ["MLOPS_ARTIFACT_ROOT"],
+    }
+    _race(settings, params_path, make, env)
+    newer = make(accuracy=0.9)
+    promote(TASK, newer, settings, params, "rm", "better")
+    assert rollback(TASK, settings, "rm", "back").to_version == history(TASK, settings)[0].to_version
+    assert verify(settings, [TASK]) == []
+
+
+def test_conflict_while_the_lock_is_held(registry):
+    from mlops.registry.release import open_history
+
+    settings, params, _, make = registry
+    store = open_history(settings)
+    with store.release_lock(TASK, "someone-else"), pytest.raises(PromotionConflict, match="in progress"):
+        promote(TASK, make(accuracy=0.8), settings, params, "rm", "now")
+    assert history(TASK, settings) == []
