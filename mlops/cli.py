@@ -205,13 +205,13 @@ def sweep(
             workers or params.sweep.workers,
             experiments_dir=experiments,
         )
-    write_sweeps(results, out)
+    write_sweeps(results, out, exp.register_arm)
     for r in results.values():
         console.print(
             f"sweep {r.study_name}: best {r.objective_metric}={r.best_value:.4f} "
             f"(trial {r.best_trial}; {r.n_complete} complete, {r.n_pruned} pruned)"
         )
-    console.print(f"selected arm (best on validation): {select_arm(results)}")
+    console.print(f"arm to register: {select_arm(results, exp.register_arm)}")
 
 
 @app.command("train")

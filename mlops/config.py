@@ -90,6 +90,15 @@ class Experiment(Strict):
     #: Variants compared with equal budgets (the study's comparison, e.g. two heads): each arm fixes
     #: some hyperparameters and gets its own Optuna study of ``budget.n_trials`` over the rest.
     arms: dict[str, dict[str, Fixed]] = {"default": {}}
+    #: The arm to register. Unset: the arm whose best validation objective is best — only meaningful when
+    #: the arms' objectives are comparable (not, e.g., losses with and without a KL term).
+    register_arm: str | None = None
+
+    @model_validator(mode="after")
+    def _register_arm_known(self) -> Experiment:
+        if self.register_arm is not None and self.register_arm not in self.arms:
+            raise ValueError(f"register_arm {self.register_arm!r} is not one of the arms {sorted(self.arms)}")
+        return self
 
     def arm_space(self, arm: str) -> tuple[dict[str, Fixed], dict[str, SearchParam]]:
         """(fixed hyperparameters, remaining search space) of one arm."""
@@ -138,7 +147,8 @@ class Params:
 
         self.path = path
         self.raw = raw
-        known = {"base", "tasks", "sweep"} | set(task_names())
+        # `cluster` is typed and validated by mlops.tuning.kubernetes, the only code that reads it.
+        known = {"base", "tasks", "sweep", "cluster"} | set(task_names())
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known tasks are {task_names()}")

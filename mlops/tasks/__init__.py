@@ -14,6 +14,9 @@ __all__ = ["Evaluation", "ModelRegistry", "ModelSpec", "Task", "UnknownTaskError
 # name -> module defining the Task subclass (decorated with @register_task)
 _TASK_MODULES: dict[str, str] = {
     "fume_hood": "mlops.tasks.fume_hood.task",
+    "skeleton": "mlops.tasks.skeleton.task",
+    "gas_leak": "mlops.tasks.gas_leak.task",
+    "fracture": "mlops.tasks.fracture.task",
 }
 _TASKS: dict[str, Task] = {}
 

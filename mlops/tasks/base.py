@@ -138,6 +138,20 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: Any, out_dir: Path) -> Evaluation:
         """Test-split metrics, plots and explanation images."""
 
+    def calibrate(self, model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: Any) -> ModelSpec:
+        """Spec with serving-time settings derived from held-out data (e.g. an alarm threshold).
+
+        Called after training, before the model is saved; the default changes nothing.
+        """
+        return spec
+
+    def compare(self, tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:
+        """Figures across arms from each arm's evaluation tables (e.g. all ROC curves in one plot).
+
+        ``tables`` maps arm -> that arm's ``Evaluation.tables``; the default draws nothing.
+        """
+        return {}
+
     @abstractmethod
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         """A small batch of model inputs, for the MLflow signature and serving warm-up."""

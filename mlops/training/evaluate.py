@@ -44,12 +44,14 @@ def evaluate_model(
             shutil.rmtree(folder)
     tables_dir.mkdir(parents=True)
     per_arm: dict[str, dict[str, float | None]] = {}
+    arm_tables: dict[str, dict[str, pd.DataFrame]] = {}
     connect(settings)
     for arm, arm_dir in arm_dirs(model_dir).items():
         model, _ = load_model_dir(arm_dir)
         arm_out = out_dir / arm
         evaluation = task.evaluate(model, prepared_dir, params.task(task_name), arm_out)
         per_arm[arm] = _finite(evaluation.metrics)
+        arm_tables[arm] = evaluation.tables
         for name, table in evaluation.tables.items():
             table.to_csv(tables_dir / f"{name}-{arm}.csv", index=False)
         with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
@@ -59,6 +61,7 @@ def evaluate_model(
             for name in evaluation.tables:
                 mlflow.log_artifact(str(tables_dir / f"{name}-{arm}.csv"), "evaluation")
 
+    figures = task.compare(arm_tables, out_dir / "comparison") if len(arm_tables) > 1 else {}
     comparison = pd.DataFrame(per_arm).T.rename_axis("arm").reset_index()
     comparison.to_csv(tables_dir / "comparison.csv", index=False)
     selected = selected_arm_dir(model_dir).name
@@ -68,4 +71,6 @@ def evaluate_model(
     for arm_dir in arm_dirs(model_dir).values():  # every run carries the whole comparison
         with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
             mlflow.log_artifact(str(tables_dir / "comparison.csv"), "evaluation")
+            for path in figures.values():
+                mlflow.log_artifact(str(path), "evaluation/comparison")
     return metrics

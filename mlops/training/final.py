@@ -139,6 +139,7 @@ def _train_arm(
             )
         checkpoint.unlink(missing_ok=True)
         mlflow.log_metrics({f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch})
+        spec = task.calibrate(model, spec, prepared_dir, tp)
         arm_dir = out_dir / arm
         save_model_dir(arm_dir, model, spec)
         info = log_pyfunc(arm_dir, task.example_input(prepared_dir))

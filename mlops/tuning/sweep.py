@@ -28,9 +28,11 @@ from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
 from mlops.tracking.runs import connect, experiment_id
 from mlops.training.loop import FitConfig, fit, seed_everything
 from mlops.tuning.space import make_pruner, make_sampler, monitored_metric, suggest
-from mlops.tuning.storage import make_storage
+from mlops.tuning.storage import is_server_database, make_storage, retried_trial_number, retry_callback, retry_history
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: MLflow tag on every attempt's run of one trial: the number of its first attempt
+ROOT_TAG = "optuna.root_trial"
 TRAINING_KEYS = ("lr", "batch_size", "weight_decay")
 
 
@@ -49,6 +51,8 @@ class SweepJob:
     params_path: str
     experiments_dir: str
     seed: int
+    #: lineage tags computed by the launcher; a cluster pod has neither git nor the validation report
+    lineage: dict[str, str] | None = None
 
 
 def study_name_for(task: str, arm: str, exp: Experiment, params: Params, prepared_dir: Path) -> str:
@@ -57,9 +61,76 @@ def study_name_for(task: str, arm: str, exp: Experiment, params: Params, prepare
     return f"{task}-{arm}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def open_study(job: SweepJob, exp: Experiment, worker_seed: int) -> optuna.Study:
+def heartbeats_enabled(storage_url: str, settings: Settings) -> bool:
+    """Trials on a database server send heartbeats, so a trial whose worker died is noticed and retried."""
+    return is_server_database(storage_url) and settings.heartbeat_interval > 0
+
+
+def sweep_storage(storage_url: str, settings: Settings) -> optuna.storages.BaseStorage:
+    """The study's storage with this worker's connection pool and, on a database server, heartbeats."""
+    on = heartbeats_enabled(storage_url, settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
+        return make_storage(
+            storage_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            heartbeat_interval=settings.heartbeat_interval if on else None,
+            grace_period=settings.heartbeat_grace_period if on else None,
+            stale_trial_callback=StaleTrialRetry(settings.trial_max_retry) if on else None,
+        )
+
+
+class StaleTrialRetry:
+    """A trial whose worker died (no heartbeat): queue a retry; out of retries, close its MLflow run.
+
+    The retry (Optuna's retry callback) keeps the params, user attributes and intermediate values; it
+    finds the original's checkpoint and MLflow run through ``retried_trial_number``.
+    """
+
+    def __init__(self, max_retry: int):
+        self.max_retry = max_retry
+        self._retry = retry_callback(max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry(study, trial)
+        if len(retry_history(trial)) + 1 > self.max_retry:  # the callback queued no retry
+            root = retried_trial_number(trial)
+            _close_trial_runs(study.study_name, trial.number if root is None else root, "FAIL")
+
+
+def _trial_runs(study_name: str, root: int) -> list:
+    """MLflow runs of every attempt of one trial (oldest first), across experiments."""
+    import mlflow
+
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{TAG}sweep_id` = '{study_name}' AND tags.`{ROOT_TAG}` = '{root}'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
+
+
+def _close_trial_runs(study_name: str, root: int, state: str) -> None:
+    """Mark the runs of a dead trial that nothing will continue as FAILED (none stays RUNNING)."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient()
+        for run in _trial_runs(study_name, root):
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "optuna.state", state)
+                client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as exc:  # the study must go on even when the tracking server hiccups
+        warnings.warn(f"could not close the MLflow run of trial {root} of {study_name}: {exc}", stacklevel=2)
+
+
+def open_study(job: SweepJob, exp: Experiment, worker_seed: int, settings: Settings | None = None) -> optuna.Study:
+    """Create or load the job's study with this worker's sampler (seeded) and the experiment's pruner."""
     return optuna.create_study(
-        storage=make_storage(job.storage_url),
+        storage=sweep_storage(job.storage_url, settings or Settings()),
         study_name=job.study_name,
         direction=exp.objective.direction,
         sampler=make_sampler(exp.sampler, worker_seed),
@@ -75,36 +146,33 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
     prepared = Path(job.prepared_dir)
     train, val = task.dataset(prepared, "train"), task.dataset(prepared, "val")
     monitor, mode = monitored_metric(exp)
-    tags = lineage_tags(
-        job.task,
-        Path(job.raw_dir),
-        prepared,
-        params.digest(job.task),
-        Path(job.validation_report),
-        job.study_name,
-    )
+    if job.lineage:
+        tags = dict(job.lineage)
+    else:
+        report = Path(job.validation_report)
+        tags = lineage_tags(job.task, Path(job.raw_dir), prepared, params.digest(job.task), report, job.study_name)
     exp_id = experiment_id(settings, job.task)
 
     def objective(trial: optuna.Trial) -> float:
         fixed, space = exp.arm_space(job.arm)
         hp = {**fixed, **suggest(trial, space)}
         trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (audit of parallelism)
-        run = mlflow.start_run(
-            experiment_id=exp_id,
-            run_name=f"{job.arm}-trial-{trial.number}",
-            parent_run_id=job.parent_run_id,
-            tags={**tags, f"{TAG}run_kind": "trial", f"{TAG}arm": job.arm, "optuna.trial_number": str(trial.number)},
-        )
+        this = _frozen(trial)
+        # A retry of a trial whose worker died is the same trial: same seed, checkpoint and MLflow run.
+        root = retried_trial_number(this)
+        root = trial.number if root is None else root
+        run = _start_trial_run(job, exp_id, tags, trial.number, root)
         try:
-            mlflow.log_params(hp)
-            seed_everything(job.seed + trial.number)  # initial weights reproducible per trial
+            if root == trial.number:
+                mlflow.log_params(hp)
+            seed_everything(job.seed + root)  # initial weights reproducible per trial
             model, _ = task.build_model(hp, prepared)
             cfg = FitConfig(
                 epochs=exp.budget.epochs_per_trial,
                 lr=float(hp["lr"]),
                 batch_size=int(hp["batch_size"]),
                 weight_decay=float(hp.get("weight_decay", 0.0)),
-                seed=job.seed + trial.number,
+                seed=job.seed + root,
                 monitor=monitor,
                 mode=mode,
             )
@@ -115,7 +183,8 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-            checkpoint = settings.checkpoint_dir / job.study_name / f"trial-{trial.number}.pt"
+            checkpoint = settings.checkpoint_dir / job.study_name / f"trial-{root}.pt"
+            _report_checkpointed_epochs(trial, this, checkpoint, exp.objective.metric)
             result = fit(task, model, train, val, cfg, checkpoint=checkpoint, on_epoch=on_epoch)
             mlflow.log_metric(f"best_{exp.objective.metric}", result.best_value)
             mlflow.set_tag("optuna.state", "COMPLETE")
@@ -125,6 +194,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         except optuna.TrialPruned:
             mlflow.set_tag("optuna.state", "PRUNED")
             mlflow.end_run("FINISHED")
+            checkpoint.unlink(missing_ok=True)  # final state: on a shared cluster volume they add up
             raise
         except BaseException:
             mlflow.set_tag("optuna.state", "FAIL")
@@ -134,6 +204,59 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
             del run
 
     return objective
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The stored state of a running trial (its retry history and inherited intermediate values)."""
+    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return next(t for t in running if t.number == trial.number)
+
+
+def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: int, root: int):
+    """A trial's MLflow child run; a retry reopens the run its earlier attempt started."""
+    import mlflow
+
+    if root != number:
+        earlier = _trial_runs(job.study_name, root)
+        if earlier:
+            run = mlflow.start_run(run_id=earlier[0].info.run_id)
+            mlflow.set_tags({"optuna.trial_number": str(number), "optuna.retry_of": str(root)})
+            return run
+    return mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=f"{job.arm}-trial-{root}",
+        parent_run_id=job.parent_run_id,
+        tags={
+            **tags,
+            f"{TAG}run_kind": "trial",
+            f"{TAG}arm": job.arm,
+            "optuna.trial_number": str(number),
+            ROOT_TAG: str(root),
+        },
+    )
+
+
+def _report_checkpointed_epochs(trial: optuna.Trial, this: optuna.trial.FrozenTrial, checkpoint: Path, metric: str):
+    """Epochs an earlier attempt checkpointed but died before reporting: report and log them now.
+
+    ``fit`` resumes after the checkpoint's last epoch and only reports the epochs it trains. What the
+    earlier attempt did report is kept (inherited intermediate values, the run's metric history).
+    """
+    import mlflow
+    import torch
+
+    if not checkpoint.is_file():
+        return
+    history = torch.load(checkpoint, map_location="cpu", weights_only=True)["history"]
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, metric)}
+    for row in history:
+        epoch = int(row["epoch"])
+        metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
+        if epoch not in logged:
+            mlflow.log_metrics(metrics, step=epoch)
+        if epoch not in this.intermediate_values:
+            trial.report(metrics[metric], epoch)
 
 
 def worker_main(job: SweepJob, worker_index: int) -> None:
@@ -148,14 +271,39 @@ def worker_main(job: SweepJob, worker_index: int) -> None:
     connect(settings)
     params = load_params(job.params_path)
     exp = load_experiment(job.task, job.experiments_dir)
-    study = open_study(job, exp, worker_seed=job.seed * 1000 + worker_index)
+    study = open_study(job, exp, worker_seed=job.seed * 1000 + worker_index, settings=settings)
     objective = _objective(job, exp, params, settings)
+    if heartbeats_enabled(job.storage_url, settings):
+        # Lingering workers look again every few seconds: one cheap query, and they leave soon after the last trial.
+        _work_with_heartbeats(study, objective, exp.budget.n_trials, poll=min(settings.heartbeat_interval, 5))
+        return
     while True:
         # Count in-flight trials too, so N workers stop together at the budget.
         trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         if len(trials) >= exp.budget.n_trials:
             return
         study.optimize(objective, n_trials=1, catch=())
+
+
+def _work_with_heartbeats(study: optuna.Study, objective, n_trials: int, poll: float) -> None:
+    """Run trials until ``n_trials`` have finished, retrying those whose worker died.
+
+    A worker does not leave while another trial is running: if that trial's worker is dead, its
+    heartbeat stops, it is failed after the grace period and its retry must still be run.
+    """
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL + WAITING retries
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = sum(s in FINISHED for s in states)
+        running = states.count(TrialState.RUNNING)
+        if TrialState.WAITING in states or finished + running < n_trials:
+            study.optimize(objective, n_trials=1, catch=())  # takes a waiting retry first
+        elif running == 0:
+            return
+        else:
+            time.sleep(poll)
 
 
 def _fail_stale_trials(study: optuna.Study) -> int:
@@ -166,18 +314,26 @@ def _fail_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
-def _start_parent_run(settings: Settings, task: str, study_name: str, tags: dict[str, str]):
-    """Start (or, when the study is resumed, reopen) the sweep's MLflow parent run."""
+def find_parent_run(exp_id: str, study_name: str):
+    """The sweep's MLflow parent run from an earlier sweep of the same study, or ``None``."""
     import mlflow
 
-    exp_id = experiment_id(settings, task)
     found = mlflow.search_runs(
         [exp_id],
         filter_string=f"tags.`{TAG}run_kind` = 'sweep' AND tags.`{TAG}sweep_id` = '{study_name}'",
         output_format="list",
     )
+    return found[0] if found else None
+
+
+def _start_parent_run(settings: Settings, task: str, study_name: str, tags: dict[str, str]):
+    """Start (or, when the study is resumed, reopen) the sweep's MLflow parent run."""
+    import mlflow
+
+    exp_id = experiment_id(settings, task)
+    found = find_parent_run(exp_id, study_name)
     if found:
-        return mlflow.start_run(run_id=found[0].info.run_id)
+        return mlflow.start_run(run_id=found.info.run_id)
     return mlflow.start_run(
         experiment_id=exp_id, run_name=f"sweep-{study_name}", tags={**tags, f"{TAG}run_kind": "sweep"}
     )
@@ -243,11 +399,9 @@ def run_sweep(
 
 
 def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bool) -> SweepResult:
-    import mlflow
-
-    study_name, parent_id = job.study_name, job.parent_run_id
     study = open_study(job, exp, worker_seed=job.seed)
-    _fail_stale_trials(study)
+    if not heartbeats_enabled(job.storage_url, Settings()):
+        _fail_stale_trials(study)  # with heartbeats, workers fail (and retry) only trials really dead
 
     context = mp.get_context("spawn")  # fresh interpreters: no forked torch/MLflow state
     procs = [context.Process(target=worker_main, args=(job, i)) for i in range(workers)]
@@ -257,17 +411,24 @@ def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bo
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"{len(bad)} sweep worker(s) failed (exit codes {bad}); see their output above")
+    return summarize_study(study, exp, job.arm, job.parent_run_id)
 
+
+def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: str) -> SweepResult:
+    """The finished study's best trial and counts, logged with its plots to the active (parent) run."""
+    import mlflow
+
+    study_name = study.study_name
     finished = study.get_trials(deepcopy=False)
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {study_name} has no complete trial: widen the search space or the budget")
     best = study.best_trial
     result = SweepResult(
-        arm=job.arm,
+        arm=arm,
         study_name=study_name,
         parent_run_id=parent_id,
-        best_params={**exp.arm_space(job.arm)[0], **best.params},
+        best_params={**exp.arm_space(arm)[0], **best.params},
         best_value=float(best.value),
         best_trial=best.number,
         objective_metric=exp.objective.metric,
@@ -341,8 +502,10 @@ def _log_study_plots(study: optuna.Study) -> None:
             plt.close(ax.figure)
 
 
-def select_arm(results: dict[str, SweepResult]) -> str:
-    """The arm whose best validation objective is best (selection never looks at the test split)."""
+def select_arm(results: dict[str, SweepResult], fixed: str | None = None) -> str:
+    """``fixed`` if given, else the arm whose best validation objective is best (never the test split)."""
+    if fixed is not None:
+        return fixed
     pick = max if next(iter(results.values())).direction == "maximize" else min
     return pick(results, key=lambda arm: results[arm].best_value)
 
@@ -378,9 +541,10 @@ def run_sweeps(
     }
 
 
-def write_sweeps(results: dict[str, SweepResult], path: Path) -> None:
+def write_sweeps(results: dict[str, SweepResult], path: Path, register_arm: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"selected": select_arm(results), "arms": {arm: asdict(r) for arm, r in results.items()}}
+    selected = select_arm(results, register_arm)
+    summary = {"selected": selected, "arms": {arm: asdict(r) for arm, r in results.items()}}
     path.write_text(json.dumps(summary, indent=2, sort_keys=True))
 
 

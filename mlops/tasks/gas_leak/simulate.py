@@ -6,7 +6,8 @@ Physics, kept small enough to render hundreds of sequences in seconds:
   releases Gaussian puffs at a steady rate. Each puff is advected by the mean wind (lateral speed and
   direction, plus a depth component ``w_z``) and by the meandering part of the wind at its release time
   (an Ornstein-Uhlenbeck process, so consecutive puffs travel in slowly changing directions and the plume
-  snakes), and grows by turbulent diffusion: ``sigma^2 = sigma0^2 + 2 K age``.
+  snakes), and grows by turbulent diffusion: ``sigma^2 = sigma0^2 + 2 K age``. The wind is horizontal with a
+  uniform heading, so it has an image-x and a depth part (``w_z``); gas also rises or sinks (image y).
 - The 3-D concentration is integrated along pinhole-camera rays. For a Gaussian puff the ray integral is
   a 2-D Gaussian centred on the puff's projection with pixel width ``sigma f / z`` and a per-pixel column
   density ``m (f/z)^2`` times the puff's mass share in the pixel (erf differences). So a puff moving
@@ -36,6 +37,8 @@ from scipy.special import erf
 
 LABEL_COLUMNS = ("seq_id", "x", "y", "z", "domain", "occluded")
 DOMAINS = ("sim", "field")
+#: depth (m) below which puffs drifting towards the camera fade out (they would fill the whole view)
+NEAR_M = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,11 @@ class DomainSettings:
     noise_std: float
     fixed_pattern_std: float
     jitter_px: float
+    #: horizontal wind speed (m/s); its heading is uniform, so it has a depth component of up to this much
     wind_speed_low: float
     wind_speed_high: float
-    wind_z_max: float
+    #: largest vertical drift (m/s): buoyant gas rises, heavy vapour sinks
+    buoyancy_max: float
     meander_std: float
     meander_tau_s: float
     pipes_low: int
@@ -88,6 +93,9 @@ class DomainSettings:
     p_source_hidden: float
     gas_contrast_low: float
     gas_contrast_high: float
+    #: leak rate in column-density units per second (sets how dense the plume is)
+    emission_low: float
+    emission_high: float
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ def focal_px(geom: Geometry) -> float:
 
 def z_abs_max(geom: Geometry, dom: DomainSettings) -> float:
     """Largest |Z| (pix/s) a domain can produce: fastest depth wind at the nearest source depth."""
-    return dom.wind_z_max * focal_px(geom) / geom.depth_low
+    return dom.wind_speed_high * focal_px(geom) / geom.depth_low
 
 
 def make_scene(rng: np.random.Generator, geom: Geometry, dom: DomainSettings) -> Scene:
@@ -136,6 +144,7 @@ def make_scene(rng: np.random.Generator, geom: Geometry, dom: DomainSettings) ->
             rng.uniform(1.5, 0.12 * geom.width, dom.hot_spots),
         ]
     ).reshape(dom.hot_spots, 4)
+    level = rng.uniform(dom.background_level_low, dom.background_level_high)
     n_pipes = int(rng.integers(dom.pipes_low, dom.pipes_high + 1))
     pipes = []
     for _ in range(n_pipes):
@@ -144,8 +153,9 @@ def make_scene(rng: np.random.Generator, geom: Geometry, dom: DomainSettings) ->
         normal = np.array([-np.sin(angle), np.cos(angle)])
         point = rng.uniform([0, 0], [geom.width - 1, geom.height - 1])
         width = rng.uniform(dom.pipe_width_low, dom.pipe_width_high)
-        pipes.append([normal[0], normal[1], float(normal @ point), width, rng.uniform(0.3, 0.9)])
-    level = rng.uniform(dom.background_level_low, dom.background_level_high)
+        # Process pipes run hotter or colder than their surroundings, so they stand out in the infrared.
+        temperature = np.clip(level + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.3), 0.05, 0.95)
+        pipes.append([normal[0], normal[1], float(normal @ point), width, temperature])
     return Scene(waves, spots, float(level), np.asarray(pipes, dtype=np.float64).reshape(-1, 5))
 
 
@@ -221,10 +231,11 @@ def render_sequence(
     cx, cy = (geom.width - 1) / 2, (geom.height - 1) / 2
     depth = rng.uniform(geom.depth_low, geom.depth_high)
     source = np.array([(x - cx) * depth / f, (y - cy) * depth / f, depth])
+    # Wind blows horizontally (image x and depth z) at a uniform heading; gas drifts up or down on its own.
     heading = rng.uniform(0, 2 * np.pi)
     speed = rng.uniform(dom.wind_speed_low, dom.wind_speed_high)
-    w_z = rng.uniform(-dom.wind_z_max, dom.wind_z_max)
-    wind = np.array([speed * np.cos(heading), speed * np.sin(heading), w_z])
+    w_z = speed * np.sin(heading)
+    wind = np.array([speed * np.cos(heading), rng.uniform(-dom.buoyancy_max, dom.buoyancy_max), w_z])
     diffusivity = rng.uniform(geom.diffusivity_low, geom.diffusivity_high)
     contrast = rng.uniform(dom.gas_contrast_low, dom.gas_contrast_high)
 
@@ -234,7 +245,8 @@ def render_sequence(
     release = -geom.spin_up_s + dt_release * np.arange(n_puffs)
     gust = _ou(rng, n_puffs, dt_release, dom.meander_tau_s, dom.meander_std) * np.array([1.0, 1.0, 0.5])
     velocity = wind + gust  # frozen at release: puffs released in a gust keep its direction (meandering)
-    mass = dt_release * rng.lognormal(0.0, 0.2, n_puffs)  # emission rate ~1 per second, fluctuating
+    emission = rng.uniform(dom.emission_low, dom.emission_high)
+    mass = emission * dt_release * rng.lognormal(0.0, 0.2, n_puffs)  # a steady leak with fluctuating rate
 
     h, w = geom.height, geom.width
     v_grid, u_grid = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -247,8 +259,10 @@ def render_sequence(
         live = release <= t
         age = t - release[live]
         pos = source + velocity[live] * age[:, None]
-        in_front = pos[:, 2] > 0.5  # puffs that drifted past the camera are gone
+        in_front = pos[:, 2] > NEAR_M
         pos, age, m = pos[in_front], age[in_front], mass[live][in_front]
+        # Puffs reaching the camera fade out over the last metres instead of vanishing in one frame.
+        m = m * np.clip((pos[:, 2] - NEAR_M) / NEAR_M, 0.0, 1.0)
         scale = f / pos[:, 2]
         sigma_px = np.sqrt(geom.puff_sigma0_m**2 + 2 * diffusivity * age) * scale
         pu = cx + pos[:, 0] * scale + shake[0]

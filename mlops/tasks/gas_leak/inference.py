@@ -1,0 +1,153 @@
+"""Serving side of gas_leak: frame-stack upload (.npy / .npz) -> source X, Y, depth flow Z and a heat map."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from mlops.inference.base import BadInput, Predictor
+from mlops.inference.images import heatmap_overlay_png
+from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, centre_crop, source_map, to_channels
+
+NPY_TYPES = ("application/octet-stream", "application/x-npy", "application/npy", "application/zip")
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+#: the array an .npz must hold (or its only array)
+NPZ_KEY = "frames"
+#: longest stack accepted; more frames than this is an oversized upload, not a longer video to crop
+MAX_FRAMES = 512
+
+
+def explain_batch(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, str]:
+    """Answers (N, 3: x, y, z), heat maps (N, H, W) in [0, 1] and which kind of map it is.
+
+    The heat-map head's map is its own source probability; the numeric head has none, so its map is the
+    input-gradient saliency of its X + Y output (summed over time and channels, smoothed): where in the
+    frames the position answer came from.
+    """
+    model.eval()
+    answers, heats = [], []
+    kind = "numeric"
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        with torch.no_grad():
+            outputs = model(xb)
+        probs = source_map(model, outputs)
+        if probs is not None:
+            kind, heat = "heatmap", probs.numpy()
+        else:
+            xg = xb.clone().requires_grad_(True)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(model(xg)[:, :2].sum(), xg)[0]
+            heat = ndimage.gaussian_filter(grads.abs().sum(dim=(1, 2)).numpy(), sigma=(0, 1, 1))
+        peak = heat.reshape(len(heat), -1).max(axis=1).clip(min=1e-12)[:, None, None]
+        answers.append(outputs[:, :N_ANSWER].numpy())
+        heats.append(heat / peak)
+    if not answers:
+        return np.zeros((0, N_ANSWER), np.float32), np.zeros((0, 1, 1), np.float32), kind
+    return np.concatenate(answers), np.concatenate(heats).astype(np.float32), kind
+
+
+def _expected(frames: int, height: int, width: int) -> str:
+    return f"a float array of shape (frames, {height}, {width}) with {frames} <= frames <= {MAX_FRAMES}"
+
+
+def decode_stack(data: bytes, frames: int, height: int, width: int, max_values: int) -> np.ndarray:
+    """An uploaded .npy or .npz (array ``frames`` or its only array) -> (F, H, W) float32 frame stack.
+
+    BadInput: 400 empty, 415 neither format, 413 oversized, 422 unreadable/wrong rank, shape, dtype or
+    non-finite values. Never unpickles (``allow_pickle=False``); .npz members are size-checked from the
+    zip directory before anything is decompressed.
+    """
+    expected = _expected(frames, height, width)
+    if not data:
+        raise BadInput(f"empty upload: send {expected} as .npy or .npz", status=400)
+    buffer = io.BytesIO(data)
+    try:
+        if data.startswith(NPY_MAGIC):
+            array = np.load(buffer, allow_pickle=False)
+        elif data.startswith(ZIP_MAGIC):
+            with zipfile.ZipFile(buffer) as archive:
+                declared = sum(info.file_size for info in archive.infolist())
+            if declared > 8 * max_values + 4096:  # float64 at the element limit, plus .npy headers
+                raise BadInput(f".npz unpacks to {declared} bytes; the limit is {max_values} values", status=413)
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                names = list(npz.files)
+                if NPZ_KEY in names:
+                    array = npz[NPZ_KEY]
+                elif len(names) == 1:
+                    array = npz[names[0]]
+                else:
+                    raise BadInput(f".npz holds {names}: name the stack {NPZ_KEY!r} ({expected})", status=422)
+        else:
+            raise BadInput(f"not a .npy or .npz file (checked by its first bytes): send {expected}", status=415)
+    except BadInput:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise BadInput(f"unreadable array ({exc}); send {expected} (no pickled objects)", status=422) from exc
+    if array.ndim != 3:
+        raise BadInput(f"array has rank {array.ndim} (shape {array.shape}); expected {expected}", status=422)
+    if array.size > max_values or array.shape[0] > MAX_FRAMES:
+        raise BadInput(f"array of shape {array.shape} is too large; expected {expected}", status=413)
+    if array.shape[1:] != (height, width) or array.shape[0] < frames:
+        raise BadInput(f"array has shape {array.shape}; expected {expected}", status=422)
+    if array.dtype.kind != "f":
+        raise BadInput(f"array has dtype {array.dtype}; expected {expected} (float16/32/64)", status=422)
+    if not np.isfinite(array).all():
+        raise BadInput(f"array holds NaN or infinite values; expected {expected} of finite intensities", 422)
+    return array.astype(np.float32)
+
+
+class GasLeakPredictor(Predictor):
+    accepted_content_types = NPY_TYPES
+
+    def __init__(self, model: torch.nn.Module, spec: dict[str, Any]):
+        self.model = model.eval()
+        self.frames = int(spec["extra"]["frames"])
+        self.height = int(spec["extra"]["height"])
+        self.width = int(spec["extra"]["width"])
+
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 2, T, H, W) model inputs -> (N, 3): x, y (px), z (pix/s)."""
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+        with torch.no_grad():
+            return self.model(x)[:, :N_ANSWER].numpy()
+
+    def warmup_input(self) -> np.ndarray:
+        return np.zeros((1, 2, self.frames, self.height, self.width), dtype=np.float32)
+
+    def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+        stack = decode_stack(data, self.frames, self.height, self.width, self.max_pixels)
+        crop = centre_crop(stack, self.frames)
+        answers, heat, kind = explain_batch(self.model, torch.as_tensor(to_channels(crop)[None]))
+        last = crop[-1]
+        span = float(last.max() - last.min())
+        gray = (last - last.min()) / span if span > 0 else np.zeros_like(last)
+        x, y, z = (float(v) for v in answers[0])
+        explanation = (
+            "probability of the leak source per pixel (the heat-map head's output); its peak is (x, y)"
+            if kind == "heatmap"
+            else "input-gradient saliency of the numeric head's (x, y): where in the frames the answer came from"
+        )
+        return {
+            "x": round(x, 3),
+            "y": round(y, 3),
+            "z": round(z, 4),
+            "units": {"x": "px", "y": "px", "z": "pix/s (positive: away from the camera)"},
+            "frames_used": self.frames,
+            "heatmap_png": base64.b64encode(heatmap_overlay_png(gray, heat[0])).decode(),
+            "explanation": explanation,
+        }
+
+
+def load(weights_path: Path, spec: dict[str, Any]) -> GasLeakPredictor:
+    model = MODELS.build(spec["model"], **spec["model_kwargs"])
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return GasLeakPredictor(model, spec)

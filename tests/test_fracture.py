@@ -1,0 +1,350 @@
+"""fracture: simulator, validation suite, split + augmentation, CNN, evaluation and the predictor."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from mlops.config import parse_section
+from mlops.data.arrays import load_array
+from mlops.inference.base import BadInput, load_predictor
+from mlops.tasks import get_task
+from mlops.tasks.fracture.inference import UNKNOWN, decide
+from mlops.tasks.fracture.model import MODELS, N_CLASSES
+from mlops.tasks.fracture.simulate import CLASSES, outlier_image, simulate_fractographs
+from mlops.tasks.fracture.task import (
+    OUTLIER,
+    OUTLIER_WEIGHT,
+    augment_texture,
+    confidence_auroc,
+    ood_photo_paths,
+    stratified_group_split,
+)
+from mlops.validation import validate_dataset
+from tests.conftest import ROOT
+
+TASK = get_task("fracture")
+N_SPECIMENS, PER_SPECIMEN = 12, 3
+
+
+def tiny_section() -> dict:
+    """The repo's fracture params with every size shrunk so each test takes seconds."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["fracture"]
+    section["simulate"].update(n_specimens=N_SPECIMENS, images_per_specimen=PER_SPECIMEN, min_size=64, max_size=96)
+    section["validation"].update(min_images_per_class=2, min_width=32, min_height=32)
+    section["input"].update(size=32)
+    section["augment"].update(copies=2, outlier_share=0.2)
+    section["evaluate"].update(gradcam_samples=4, ood_crops=1)
+    return section
+
+
+@pytest.fixture()
+def params():
+    return parse_section(TASK.Params, tiny_section(), Path("params.yaml"), "fracture")
+
+
+@pytest.fixture()
+def raw(tmp_path, params) -> Path:
+    folder = tmp_path / "raw" / "fracture"
+    TASK.simulate(folder, params, seed=3, progress=lambda _: None)
+    return folder
+
+
+def simulate_small(folder: Path, seed: int, n_specimens: int = 4) -> None:
+    simulate_fractographs(folder, n_specimens, 2, 48, 64, (80, 175), (28, 55), 0.5, 1.2, seed)
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --- simulator ------------------------------------------------------------------------------------
+
+
+def test_simulator_is_deterministic_and_writes_the_real_layout(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder, seed in ((a, 5), (b, 5), (c, 6)):
+        simulate_small(folder, seed)
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+    labels = pd.read_csv(a / "labels.csv")
+    assert list(labels.columns) == ["image_id", "class", "source", "magnification"]
+    assert set(labels["class"]) == set(CLASSES)
+    for iid in labels.image_id:
+        with Image.open(a / "images" / f"{iid}.png") as img:
+            assert img.mode == "L" and img.width == img.height and 48 <= img.width <= 64
+
+
+def test_classes_are_not_separable_by_mean_intensity_or_image_size(tmp_path):
+    from sklearn.model_selection import GroupKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    folder = tmp_path / "sim"
+    simulate_fractographs(folder, 40, 3, 48, 72, (80, 175), (28, 55), 0.5, 1.2, seed=0)
+    labels = pd.read_csv(folder / "labels.csv")
+    images = [np.asarray(Image.open(folder / "images" / f"{i}.png"), dtype=np.float32) for i in labels.image_id]
+    y, groups = labels["class"].to_numpy(), labels["source"].to_numpy()
+    for cue in ([[im.mean()] for im in images], [[im.shape[0]] for im in images]):
+        # A flexible classifier on the single cue, cross-validated by specimen: chance is 0.25.
+        accuracy = cross_val_score(
+            DecisionTreeClassifier(max_depth=3, random_state=0), np.asarray(cue), y, groups=groups, cv=GroupKFold(5)
+        ).mean()
+        assert accuracy < 0.4
+
+
+def test_outlier_images_are_valid_and_varied():
+    rng = np.random.default_rng(0)
+    images = [outlier_image(rng, 32) for _ in range(6)]
+    assert all(im.shape == (32, 32) and im.dtype == np.uint8 for im in images)
+    assert len({im.tobytes() for im in images}) == 6 and all(im.std() > 3 for im in images)
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def test_validation_passes_on_simulated_data(raw, params):
+    report = validate_dataset(TASK, raw, params)
+    assert report.success, report.summary()
+
+
+@pytest.mark.parametrize(
+    "breakage, expectation",
+    [
+        ("unknown_class", "expect_column_values_to_be_in_set"),
+        ("corrupt", "expect_column_values_to_be_in_set"),
+        ("duplicate", "expect_column_values_to_be_unique"),
+    ],
+)
+def test_validation_fails_on_broken_data_and_names_samples(raw, params, breakage, expectation):
+    labels = pd.read_csv(raw / "labels.csv", dtype={"image_id": str})
+    victim = labels.image_id[1]
+    if breakage == "unknown_class":
+        labels.loc[1, "class"] = "corrosion"
+        labels.to_csv(raw / "labels.csv", index=False)
+    elif breakage == "corrupt":
+        (raw / "images" / f"{victim}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    else:
+        (raw / "images" / f"{victim}.png").write_bytes((raw / "images" / f"{labels.image_id[0]}.png").read_bytes())
+    report = validate_dataset(TASK, raw, params)
+    assert not report.success
+    assert expectation in {f.expectation for f in report.failures}
+    assert any(victim in f.samples for f in report.failures), report.summary()
+
+
+def test_ingest_copies_a_real_layout_and_refuses_missing_images(raw, tmp_path):
+    out = tmp_path / "ingested"
+    assert TASK.ingest(raw, out) == N_SPECIMENS * PER_SPECIMEN
+    assert len(list((out / "images").glob("*.png"))) == N_SPECIMENS * PER_SPECIMEN
+    next((raw / "images").glob("*.png")).unlink()
+    with pytest.raises(ValueError, match="no file"):
+        TASK.ingest(raw, tmp_path / "again")
+    (raw / "labels.csv").unlink()
+    with pytest.raises(ValueError, match="labels.csv"):
+        TASK.ingest(raw, tmp_path / "again")
+
+
+# --- prepare --------------------------------------------------------------------------------------
+
+
+def test_split_by_source_leaks_nothing_and_augmentation_keeps_labels(raw, params, tmp_path):
+    out = tmp_path / "prepared"
+    sizes = TASK.prepare(raw, out, params, seed=1)
+    groups = {s: set(load_array(out, s, "groups")) - {"outlier"} for s in ("train", "val", "test")}
+    assert not groups["train"] & groups["val"]
+    assert not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+
+    labels = pd.read_csv(raw / "labels.csv", dtype={"image_id": str}).set_index("image_id")
+    ids, y = load_array(out, "train", "ids"), load_array(out, "train", "y")
+    real = y != OUTLIER
+    assert np.array_equal(np.asarray(CLASSES)[y[real]], labels.loc[ids[real], "class"].to_numpy())
+    n_real = params.augment.copies * (N_SPECIMENS * PER_SPECIMEN - sizes["val"] - sizes["test"])
+    assert real.sum() == n_real and sizes["train"] == len(y)
+    assert 0 < (~real).sum() < len(y)  # outlier exposure is in training only
+    assert OUTLIER not in load_array(out, "val", "y") and OUTLIER not in load_array(out, "test", "y")
+    x = load_array(out, "train", "x")
+    assert x.shape == (len(y), 32, 32) and x.dtype == np.uint8
+    first = np.flatnonzero(ids == ids[0])
+    assert len(first) == params.augment.copies and not np.array_equal(x[first[0]], x[first[1]])
+
+
+def test_stratified_group_split_keeps_sources_whole_and_every_class_in_every_split():
+    groups = np.repeat([f"s{i}" for i in range(20)], 3)
+    y = np.repeat(np.arange(20) % 4, 3)
+    idx = stratified_group_split(groups, y, 0.2, 0.2, seed=0)
+    assert sorted(np.concatenate(list(idx.values()))) == list(range(60))
+    for split, rows in idx.items():
+        assert set(y[rows]) == {0, 1, 2, 3}, split
+        others = np.concatenate([r for s, r in idx.items() if s != split])
+        assert not set(groups[rows]) & set(groups[others])
+
+
+def test_augmentation_is_label_preserving_geometry_and_photometry(params):
+    rng = np.random.default_rng(0)
+    stripes = np.tile((np.arange(32) % 4 < 2).astype(np.uint8) * 200 + 20, (32, 1))  # vertical bands
+    out = augment_texture(stripes, rng, params.augment)
+    assert out.shape == stripes.shape and out.dtype == np.uint8
+    # Still a banded texture of the same period (a rotation/flip moves bands, it does not destroy them).
+    for _ in range(5):
+        out = augment_texture(stripes, rng, params.augment)
+        spectrum = np.abs(np.fft.fft2(out.astype(float) - out.mean()))
+        fy, fx = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+        freq = np.fft.fftfreq(32, d=1 / 32)
+        assert np.hypot(freq[fy], freq[fx]) == pytest.approx(8, abs=1.5)
+
+
+def test_prepare_is_deterministic(raw, params, tmp_path):
+    TASK.prepare(raw, tmp_path / "a", params, seed=2)
+    TASK.prepare(raw, tmp_path / "b", params, seed=2)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [3, 4, 5])
+def test_model_forward_shape_and_gradcam_layer(depth):
+    model = MODELS.build("cnn", width=4, depth=depth, dropout=0.0)
+    assert model(torch.rand(3, 1, 32, 32)).shape == (3, N_CLASSES)
+    assert hasattr(model, "cam_layer")
+
+
+def test_model_is_invariant_to_brightness_and_contrast():
+    model = MODELS.build("cnn", width=4, depth=3, dropout=0.0).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(0.5 * x + 0.2), atol=1e-4)
+
+
+def test_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = MODELS.build("cnn", width=8, depth=3, dropout=0.0)
+    x, y = torch.rand(16, 1, 32, 32), torch.arange(16) % N_CLASSES
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        loss = TASK.loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.3 * losses[0]
+    assert (model.eval()(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_loss_pulls_outliers_towards_a_uniform_prediction():
+    flat = torch.zeros(2, N_CLASSES)
+    assert float(TASK.loss(flat, torch.tensor([OUTLIER, OUTLIER]))) == pytest.approx(OUTLIER_WEIGHT * np.log(N_CLASSES))
+    sure = torch.tensor([[9.0, 0, 0, 0], [9.0, 0, 0, 0]])
+    assert float(TASK.loss(sure, torch.tensor([0, OUTLIER]))) > float(TASK.loss(sure, torch.tensor([0, 0])))
+    metrics = TASK.val_metrics(sure, torch.tensor([0, OUTLIER]))  # outliers do not count in validation
+    assert metrics["accuracy"] == 1.0
+
+
+def test_unknown_model_name_fails_loudly():
+    with pytest.raises(KeyError, match="unknown model 'resnet'"):
+        MODELS.build("resnet")
+
+
+# --- evaluation and serving -----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def trained(raw, params, tmp_path):
+    """A prepared tiny dataset and a briefly trained model saved as weights + spec (the served form)."""
+    prepared = tmp_path / "prepared"
+    TASK.prepare(raw, prepared, params, seed=1)
+    torch.manual_seed(0)
+    model, spec = TASK.build_model({"model": "cnn", "width": 8, "depth": 3, "dropout": 0.0}, prepared)
+    x, y = TASK.dataset(prepared, "train").tensors
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        TASK.loss(model(x), y).backward()
+        opt.step()
+    weights, spec_path = tmp_path / "weights.pt", tmp_path / "spec.json"
+    torch.save(model.state_dict(), weights)
+    spec_path.write_text(json.dumps(spec.to_json()))
+    return {"model": model, "prepared": prepared, "weights": weights, "spec": spec_path}
+
+
+def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, params, tmp_path):
+    evaluation = TASK.evaluate(trained["model"], trained["prepared"], params, tmp_path / "eval")
+    m = evaluation.metrics
+    for key in ("test_accuracy", "test_macro_f1", "test_ece", "ood_mean_max_probability", "ood_unknown_share"):
+        assert key in m
+    assert all(f"test_recall_{c}" in m for c in CLASSES)
+    assert 0 <= m["test_ece"] <= 1 and m["ood_images"] >= 2
+    assert all(path.is_file() for path in evaluation.images.values())
+    assert {"confusion_matrix.png", "reliability_diagram.png", "out_of_domain.png"} <= set(evaluation.images)
+    assert len(evaluation.tables["out_of_domain"]) == m["ood_images"]
+
+
+def test_confidence_auroc_and_decision():
+    assert confidence_auroc(np.array([0.9, 0.8]), np.array([0.3, 0.5])) == 1.0
+    assert confidence_auroc(np.array([0.5]), np.array([0.5])) == 0.5
+    assert decide(np.array([0.1, 0.7, 0.1, 0.1]), 0.6) == CLASSES[1]
+    assert decide(np.array([0.1, 0.5, 0.2, 0.2]), 0.6) == UNKNOWN
+
+
+def test_predictor_answers_a_good_upload_with_probabilities_and_heatmap(trained):
+    predictor = load_predictor(trained["weights"], trained["spec"])
+    assert predictor.predict_array(predictor.warmup_input()).shape == (1, N_CLASSES)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (80, 100), dtype=np.uint8)
+    for fmt, kind in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        result = predictor.predict_upload(png_bytes(image, fmt), kind)
+        assert result["class"] in (*CLASSES, UNKNOWN)
+        assert result["most_likely"] in CLASSES
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert base64.b64decode(result["heatmap_png"]).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [(b"", 400), (b"hello, this is text", 415), (b"\x89PNG\r\n\x1a\n" + b"broken" * 20, 422)],
+)
+def test_predictor_refuses_bad_uploads_with_4xx(trained, data, status):
+    predictor = load_predictor(trained["weights"], trained["spec"])
+    with pytest.raises(BadInput) as info:
+        predictor.predict_upload(data, "image/png")
+    assert info.value.status == status
+
+
+def test_predictor_answers_unknown_on_an_out_of_domain_photo_under_a_high_threshold(trained):
+    photos = ood_photo_paths()
+    assert photos, "scikit-learn ships china.jpg/flower.jpg"
+    spec = json.loads(trained["spec"].read_text())
+    spec["extra"]["unknown_threshold"] = 0.99
+    trained["spec"].write_text(json.dumps(spec))
+    predictor = load_predictor(trained["weights"], trained["spec"])
+    result = predictor.predict_upload(photos[0].read_bytes(), "image/jpeg")
+    assert result["class"] == UNKNOWN and result["confidence"] < 0.99
+    assert "below" in result["explanation"]
+
+
+def test_params_section_of_repo_parses_and_task_is_registered():
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["fracture"]
+    parsed = parse_section(TASK.Params, section, ROOT / "params.yaml", "fracture")
+    assert parsed.input.size >= 16 and 0 < parsed.input.unknown_threshold < 1
+    assert TASK.name == "fracture" and MODELS.names() == ["cnn"]

@@ -1,0 +1,490 @@
+"""skeleton: preprocessing, OpenPose ingest, simulator, validation, split, models, evaluation and serving."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from mlops.config import load_experiment
+from mlops.data.arrays import load_array
+from mlops.inference import BadInput
+from mlops.tasks import get_task
+from mlops.tasks.base import ModelSpec
+from mlops.tasks.skeleton.inference import SkeletonPredictor, load
+from mlops.tasks.skeleton.model import MODELS, negative_elbo
+from mlops.tasks.skeleton.preprocess import (
+    BODY25_LIMBS,
+    NECK,
+    MapSpec,
+    frame_to_map,
+    frames_to_maps,
+    read_frame_file,
+    render_map,
+    select_person,
+    sliding_windows,
+    window_starts,
+)
+from mlops.tasks.skeleton.simulate import ABNORMAL_ACTIONS, frame_path, openpose_document, simulate_videos
+from mlops.tasks.skeleton.task import compare_arms, model_kwargs
+from mlops.training.loop import FitConfig, fit
+from mlops.validation import validate_dataset
+from tests.conftest import ROOT
+
+torch.set_num_threads(1)
+TASK = get_task("skeleton")
+T = 30
+
+
+def tiny_params():
+    """The repo's skeleton params with every size shrunk so a whole dataset takes a fraction of a second."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["skeleton"]
+    raw["simulate"].update(
+        n_train_videos=3,
+        train_frames_per_video=45,
+        n_test_videos=1,
+        test_frames_per_video=90,
+        segment_seconds_min=0.8,
+        segment_seconds_max=1.2,
+        abnormal_fraction=0.5,
+    )
+    raw["split"]["val_fraction"] = 0.34
+    raw["evaluate"].update(embedding="pca", embedding_max_points=40)
+    return TASK.Params.model_validate(raw)
+
+
+@pytest.fixture()
+def params():
+    return tiny_params()
+
+
+@pytest.fixture()
+def raw(tmp_path, params) -> Path:
+    folder = tmp_path / "raw" / "skeleton"
+    TASK.simulate(folder, params, seed=3, progress=lambda _: None)
+    return folder
+
+
+@pytest.fixture()
+def spec(params) -> MapSpec:
+    p = params.input
+    return MapSpec(
+        p.canvas_width, p.canvas_height, p.crop, p.size, p.line_width_px, p.binarize_threshold, p.min_confidence
+    )
+
+
+def figure(neck=(320.0, 200.0), scale=1.0) -> np.ndarray:
+    """A standing BODY_25 stick figure (25, 3) with its neck at ``neck``, every joint confident."""
+    offsets = {
+        0: (0, -25), 1: (0, 0), 2: (-20, 0), 3: (-24, 35), 4: (-26, 68), 5: (20, 0), 6: (24, 35), 7: (26, 68),
+        8: (0, 75), 9: (-10, 75), 10: (-11, 120), 11: (-12, 165), 12: (10, 75), 13: (11, 120), 14: (12, 165),
+        15: (-5, -30), 16: (5, -30), 17: (-10, -27), 18: (10, -27), 19: (18, 172), 20: (22, 171), 21: (10, 170),
+        22: (-18, 172), 23: (-22, 171), 24: (-10, 170),
+    }  # fmt: skip
+    kp = np.zeros((25, 3))
+    for joint, (dx, dy) in offsets.items():
+        kp[joint] = (neck[0] + scale * dx, neck[1] + scale * dy, 0.8)
+    return kp
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+# --- preprocessing ---------------------------------------------------------------------------------
+
+
+def test_map_is_binary_28x28_and_crop_is_centred_on_the_neck(spec):
+    m = render_map(figure(), spec)
+    assert m.shape == (28, 28) and m.dtype == np.uint8
+    assert set(np.unique(m)) == {0, 1}
+    # The neck lies at the centre of the crop: the torso runs down from the map's centre.
+    assert m[14:16, 13:15].any()
+    rows = np.flatnonzero(m.any(axis=1))
+    assert rows.min() < 14 < rows.max()
+    # Moving the person in the video does not move the map (the crop follows the neck) ...
+    for dx, dy in ((-150, 40), (200, -60), (37, 11)):
+        assert np.array_equal(render_map(figure((320.0 + dx, 200.0 + dy)), spec), m)
+    # ... while moving a joint relative to the neck does.
+    raised = figure()
+    raised[4] = (300.0, 150.0, 0.8)
+    assert not np.array_equal(render_map(raised, spec), m)
+
+
+def test_crop_without_a_neck_falls_back_to_the_shoulders_and_blank_without_any_joint(spec):
+    kp = figure()
+    kp[NECK, 2] = 0.0
+    assert render_map(kp, spec).any()
+    nothing = figure()
+    nothing[:, 2] = 0.0
+    m, counts = frame_to_map([nothing], spec)
+    assert not m.any() and counts.frames_without_centre == 1
+
+
+def test_window_count_is_frames_minus_29_and_windows_stay_inside_videos():
+    starts = window_starts([50, 29, 31, 30], T)
+    assert len(starts) == (50 - 29) + 0 + (31 - 29) + (30 - 29)
+    assert starts.tolist()[-3:] == [79, 80, 110]  # second video (29 frames) has none
+    maps = np.random.default_rng(0).integers(0, 2, (45, 28, 28), dtype=np.uint8)
+    windows = sliding_windows(maps, T)
+    assert windows.shape == (45 - 29, T, 28, 28)
+    assert np.array_equal(windows[3], maps[3 : 3 + T])
+    with pytest.raises(ValueError, match="fewer than one window"):
+        sliding_windows(maps[:12], T)
+
+
+def test_low_confidence_joints_are_not_drawn_and_are_counted(spec):
+    weak = figure()
+    weak[[3, 4], 2] = 0.05  # right elbow and wrist under the floor
+    missing = figure()
+    missing[[3, 4]] = 0.0
+    m_weak, counts = frame_to_map([weak], spec)
+    assert np.array_equal(m_weak, render_map(missing, spec))
+    assert counts.low_confidence_joints == 2 and counts.frames_with_low_confidence_joints == 1
+
+
+def test_the_most_confident_person_is_the_worker(spec):
+    ghost = np.zeros((25, 3))
+    ghost[[0, 4]] = (10.0, 10.0, 0.3)
+    assert select_person([ghost, figure()])[1, 2] == 0.8
+    m, counts = frame_to_map([ghost, figure()], spec)
+    assert np.array_equal(m, render_map(figure(), spec)) and counts.extra_people == 1
+
+
+# --- OpenPose JSON ingest ----------------------------------------------------------------------------
+
+
+def test_openpose_json_with_no_people_and_low_confidence_joints_is_read_and_counted(tmp_path, spec):
+    weak = figure()
+    weak[7, 2] = 0.02
+    docs = [openpose_document([figure()]), {"version": 1.3, "people": []}, openpose_document([weak])]
+    for i, doc in enumerate(docs):
+        path = frame_path(tmp_path, "cam1", i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+    frames = [read_frame_file(frame_path(tmp_path, "cam1", i)) for i in range(3)]
+    assert [len(f) for f in frames] == [1, 0, 1]
+    maps, counts = frames_to_maps(frames, spec)
+    assert maps.shape == (3, 28, 28)
+    assert maps[0].any() and not maps[1].any() and maps[2].any()
+    assert counts.frames_without_person == 1 and counts.low_confidence_joints == 1
+
+
+def test_ingest_copies_the_layout_and_refuses_a_missing_video(raw, tmp_path):
+    n = TASK.ingest(raw, tmp_path / "copy")
+    assert n == 3 * 45 + 90
+    assert (tmp_path / "copy" / "spans.csv").is_file()
+    assert len(list((tmp_path / "copy" / "train_01").glob("*_keypoints.json"))) == 45
+    videos = pd.read_csv(raw / "videos.csv")
+    videos.loc[len(videos)] = ["cam9", "test", "p9", 40, 30, 640, 480]
+    videos.to_csv(raw / "videos.csv", index=False)
+    with pytest.raises(ValueError, match="cam9"):
+        TASK.ingest(raw, tmp_path / "again")
+
+
+# --- simulator -----------------------------------------------------------------------------------------
+
+
+def test_simulator_is_deterministic_and_writes_the_real_layout(tmp_path, params):
+    sim = params.simulate.model_dump()
+    for folder, seed in (("a", 5), ("b", 5), ("c", 6)):
+        simulate_videos(tmp_path / folder, seed=seed, **sim)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    videos = pd.read_csv(tmp_path / "a" / "videos.csv")
+    spans = pd.read_csv(tmp_path / "a" / "spans.csv")
+    assert list(videos.columns[:2]) == ["video", "split_role"]
+    assert list(spans.columns) == ["video", "start_frame", "end_frame", "action"]
+    assert set(spans.video) <= set(videos.loc[videos.split_role == "test", "video"])
+    assert len(spans) and set(spans.action) <= set(ABNORMAL_ACTIONS)
+    doc = json.loads(frame_path(tmp_path / "a", "train_01", 0).read_text())
+    assert len(doc["people"][0]["pose_keypoints_2d"]) == 75
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+def test_validation_passes_on_simulated_data(raw, params):
+    report = validate_dataset(TASK, raw, params)
+    assert report.success, report.summary()
+
+
+def _break(raw: Path, breakage: str) -> str:
+    """Damage one thing in a simulated dataset; returns the frame_id (or video) a report should name."""
+    victim = frame_path(raw, "train_02", 7)
+    doc = json.loads(victim.read_text())
+    if breakage == "abnormal_in_train":
+        spans = pd.read_csv(raw / "spans.csv")
+        spans.loc[len(spans)] = ["train_02", 5, 9, "throw_trash"]
+        spans.to_csv(raw / "spans.csv", index=False)
+    elif breakage == "confidence":
+        doc["people"][0]["pose_keypoints_2d"][2] = 1.7
+        victim.write_text(json.dumps(doc))
+    elif breakage == "joints":
+        doc["people"][0]["pose_keypoints_2d"] = doc["people"][0]["pose_keypoints_2d"][:54]  # 18 joints (COCO)
+        victim.write_text(json.dumps(doc))
+    elif breakage == "malformed":
+        victim.write_text('{"version": 1.3, "people": [')
+    elif breakage == "span_outside":
+        spans = pd.read_csv(raw / "spans.csv")
+        spans.loc[len(spans)] = ["test_01", 80, 400, "dig_in_bin"]
+        spans.to_csv(raw / "spans.csv", index=False)
+        return "test_01:0"
+    return "train_02:7"
+
+
+@pytest.mark.parametrize(
+    "breakage, column",
+    [
+        ("abnormal_in_train", "abnormal_in_train"),
+        ("confidence", "conf_max"),
+        ("joints", "n_joints"),
+        ("malformed", "parse_ok"),
+        ("span_outside", "spans_outside_video"),
+    ],
+)
+def test_validation_fails_on_a_broken_dataset_and_names_the_frames(raw, params, breakage, column):
+    sample = _break(raw, breakage)
+    report = validate_dataset(TASK, raw, params)
+    assert not report.success
+    failed = [f for f in report.failures if f.column == column]
+    assert failed, report.summary()
+    assert any(sample in f.samples for f in failed), report.summary()
+
+
+def test_manifest_counts_frames_and_joints(raw):
+    table = TASK.manifest(raw)
+    assert len(table) == 3 * 45 + 90 and table.frame_id.is_unique
+    assert table.groupby("video").video_frames.first().to_dict()["test_01"] == 90
+    assert set(table.n_joints.dropna()) == {25}
+    assert table.loc[table.split_role == "test", "label"].isin([0, 1]).all()
+    assert table.loc[table.split_role == "train", "label"].eq(0).all()
+
+
+# --- prepare, dataset, training loop, evaluation ---------------------------------------------------------
+
+
+@pytest.fixture()
+def prepared(raw, params, tmp_path) -> Path:
+    out = tmp_path / "prepared"
+    TASK.prepare(raw, out, params, seed=1)
+    return out
+
+
+def test_prepare_splits_by_video_and_counts_windows(prepared, raw, params, tmp_path):
+    groups = {s: set(load_array(prepared, s, "groups")) for s in ("train", "val", "test")}
+    assert not groups["train"] & groups["val"] and groups["test"] == {"test_01"}
+    assert len(groups["train"]) == 2 and len(groups["val"]) == 1
+    assert len(load_array(prepared, "train", "starts")) == 2 * (45 - 29)
+    assert len(load_array(prepared, "test", "starts")) == 90 - 29
+    assert load_array(prepared, "train", "y").sum() == 0 and load_array(prepared, "test", "y").any()
+    x = load_array(prepared, "test", "x")
+    assert x.shape == (90, 28, 28) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
+    window, target = TASK.dataset(prepared, "val")[0]
+    assert window.shape == (T, 28, 28) and torch.equal(window, target)
+    TASK.prepare(raw, tmp_path / "again", params, seed=1)
+    assert digest(tmp_path / "again") == digest(prepared)
+
+
+def test_augmented_copies_are_jittered_windows_of_the_same_videos(raw, params, tmp_path):
+    doubled = params.model_copy(update={"augment": params.augment.model_copy(update={"copies": 2})})
+    TASK.prepare(raw, tmp_path / "aug", doubled, seed=1)
+    ids, x = load_array(tmp_path / "aug", "train", "ids"), load_array(tmp_path / "aug", "train", "x")
+    assert len(load_array(tmp_path / "aug", "train", "starts")) == 2 * 2 * (45 - 29)
+    copies = np.char.endswith(ids, ":aug1")
+    assert copies.sum() == len(ids) // 2
+    assert not np.array_equal(x[copies], x[~copies])
+    assert set(load_array(tmp_path / "aug", "train", "groups")[copies]) == set(
+        load_array(tmp_path / "aug", "train", "groups")[~copies]
+    )
+
+
+def test_window_labels_by_last_frame_or_majority(prepared):
+    starts = load_array(prepared, "test", "starts")
+    y = load_array(prepared, "test", "y")
+    last, _ = TASK.window_labels(prepared, "test", starts, "last")
+    majority, actions = TASK.window_labels(prepared, "test", starts, "majority")
+    assert np.array_equal(last, y[starts + T - 1])
+    assert np.array_equal(majority, (np.stack([y[s : s + T] for s in starts]).mean(axis=1) > 0.5).astype(int))
+    assert set(actions[majority == 1]) <= set(ABNORMAL_ACTIONS)
+
+
+HPARAMS = {"latent": 16, "width": 4, "hidden": 16, "free_bits": 0.0, "window_latent": False}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_output_packs_reconstruction_and_kl(name):
+    model = MODELS.build(name, **model_kwargs(name, HPARAMS))
+    x = (torch.rand(3, T, 28, 28) < 0.1).to(torch.uint8)
+    model.eval()
+    assert model(x).shape == (3, T, 785)
+    assert model.embed(x).shape == (3, 16)
+    model.train()
+    frames = 1 if name in ("ae", "vae") else T
+    assert model(x).shape == (3, frames, 785)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_model_learns_on_tiny_data(prepared, name):
+    torch.manual_seed(0)
+    sequence = name == "lstm_vae"
+    hparams = {"model": name, **HPARAMS, "width": 8, "hidden": 32, "free_bits": 1.0}
+    model, _ = TASK.build_model(hparams, prepared)
+    data = TASK.dataset(prepared, "train")
+    # frame models learn from the newest frame of each window, the LSTM-VAE from all 30
+    x = torch.stack([data[i][0] for i in np.linspace(0, len(data) - 1, 4 if sequence else 16).astype(int)])
+    seen = x if sequence else x[:, -1:]
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(250 if sequence else 150):
+        opt.zero_grad()
+        loss = TASK.loss(model.train()(x), x)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
+    # Better than the best constant image: it draws these skeletons, not the average one.
+    maps = seen.float()
+    mean = maps.mean(dim=(0, 1)).clamp(1e-3, 1 - 1e-3).expand_as(maps)
+    constant = float(torch.nn.functional.binary_cross_entropy(mean, maps, reduction="sum")) / maps[:, :, 0, 0].numel()
+    with torch.no_grad():
+        learned = float(negative_elbo(model.eval()(seen), seen)["reconstruction"])
+    assert learned < 0.75 * constant
+
+
+def test_generic_loop_trains_evaluates_and_calibrates(prepared, params, tmp_path):
+    model, spec = TASK.build_model({"model": "lstm_vae", **HPARAMS}, prepared)
+    cfg = FitConfig(epochs=2, lr=3e-3, batch_size=8, weight_decay=0.0, seed=0, monitor="loss", mode="min")
+    result = fit(TASK, model, TASK.dataset(prepared, "train"), TASK.dataset(prepared, "val"), cfg)
+    assert {"val_loss", "val_reconstruction", "val_kl", "val_anomaly_score"} <= set(result.history[-1])
+    evaluation = TASK.evaluate(model, prepared, params, tmp_path / "eval")
+    assert 0 <= evaluation.metrics["test_auroc"] <= 1
+    assert evaluation.metrics["serving_threshold"] > 0
+    assert all(path.is_file() for path in evaluation.images.values())
+    assert {"roc_curve.png", "score_timeline.png", "latent_embedding.png"} <= set(evaluation.images)
+    assert len(evaluation.tables["window_scores"]) == 90 - 29
+    figures = compare_arms({"lstm_vae": evaluation.tables["window_scores"]}, tmp_path / "compare")
+    assert set(figures) == {"roc_curves.png", "score_timelines.png"} and figures["roc_curves.png"].is_file()
+    calibrated = TASK.calibrate(model, spec, prepared, params)
+    assert calibrated.extra["threshold"] == pytest.approx(evaluation.metrics["serving_threshold"])
+    assert TASK.example_input(prepared).shape == (2, T, 28, 28)
+
+
+# --- serving -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def predictor(prepared, params, tmp_path) -> SkeletonPredictor:
+    torch.manual_seed(0)
+    model, spec = TASK.build_model({"model": "vae", **HPARAMS}, prepared)
+    spec = TASK.calibrate(model, spec, prepared, params)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    return load(tmp_path / "weights.pt", json.loads(json.dumps(spec.to_json())))
+
+
+def frames_json(n: int) -> list[dict]:
+    return [openpose_document([figure((320.0 + 2 * i, 200.0))]) for i in range(n)]
+
+
+def test_predictor_scores_openpose_json_zip_and_maps(predictor, spec):
+    answer = predictor.predict_upload(json.dumps(frames_json(34)).encode(), "application/json")
+    assert answer["n_windows"] == 34 - 29 == len(answer["scores"]) == len(answer["flags"])
+    assert answer["window_end_frames"] == list(range(29, 34))
+    assert answer["threshold"] == predictor.threshold
+    assert base64.b64decode(answer["timeline_png"]).startswith(b"\x89PNG")
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i, doc in reversed(list(enumerate(frames_json(34)))):  # order comes from the names
+            archive.writestr(f"clip/clip_{i:012d}_keypoints.json", json.dumps(doc))
+    zipped = predictor.predict_upload(buf.getvalue(), "application/zip")
+    assert zipped["scores"] == answer["scores"]
+
+    maps, _ = frames_to_maps([[figure((320.0 + 2 * i, 200.0))] for i in range(34)], spec)
+    npy = io.BytesIO()
+    np.save(npy, maps.astype(np.float32))
+    from_maps = predictor.predict_upload(npy.getvalue(), "application/octet-stream")
+    assert from_maps["scores"] == answer["scores"]
+    assert predictor.predict_array(predictor.warmup_input()).shape == (1,)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _wrong_joints() -> bytes:
+    frames = frames_json(40)
+    frames[12]["people"][0]["pose_keypoints_2d"] = frames[12]["people"][0]["pose_keypoints_2d"][:54]
+    return json.dumps(frames).encode()
+
+
+@pytest.mark.parametrize(
+    "data, status, message",
+    [
+        (json.dumps(frames_json(12)).encode(), 422, "12 frame"),
+        (b'[{"people": [', 400, "malformed JSON"),
+        (_wrong_joints(), 422, "frame 12, person 0: 54 numbers"),
+        (json.dumps([{"people": [{"pose_keypoints_2d": ["a"] * 75}]}] * 30).encode(), 422, "non-numbers"),
+        (json.dumps({"frames": 3}).encode(), 422, "list of per-frame"),
+        (b"", 400, "empty upload"),
+        (b"GIF89a....", 415, "not JSON"),
+        (b"PK\x03\x04broken", 400, "corrupt zip"),
+        (_npy(np.zeros((40, 32, 32), dtype=np.float32)), 422, "shape"),
+        (_npy(np.full((40, 28, 28), 3.0, dtype=np.float32)), 422, "[0, 1]"),
+    ],
+    ids=["too-few-frames", "malformed", "wrong-joints", "non-numbers", "not-a-list", "empty", "foreign", "zip",
+         "npy-shape", "npy-range"],
+)  # fmt: skip
+def test_predictor_rejects_bad_input_with_4xx(predictor, data, status, message):
+    with pytest.raises(BadInput) as info:
+        predictor.predict_upload(data, "application/json")
+    assert info.value.status == status and 400 <= status < 500
+    assert message in info.value.message
+
+
+def test_predictor_without_a_calibrated_threshold_serves_scores_unflagged(prepared):
+    model, spec = TASK.build_model({"model": "ae", **HPARAMS}, prepared)
+    predictor = SkeletonPredictor(model, spec.to_json())
+    answer = predictor.predict_upload(json.dumps(frames_json(30)).encode(), "application/json")
+    assert answer["flags"] is None and len(answer["scores"]) == 1
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+
+def test_params_section_and_experiment_of_repo_parse():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = TASK.Params.model_validate(raw["skeleton"])
+    assert params.input.window == T and params.input.size == 28
+    exp = load_experiment("skeleton", ROOT / "experiments")
+    assert exp.objective.metric == "val_loss"
+    assert {arm["model"] for arm in exp.arms.values()} == set(MODELS.names())
+    for arm in exp.arms:  # every arm's fixed values + first choices build its model
+        fixed, space = exp.arm_space(arm)
+        hparams = {**{k: getattr(v, "choices", [getattr(v, "low", None)])[0] for k, v in space.items()}, **fixed}
+        MODELS.build(hparams["model"], **model_kwargs(hparams["model"], hparams))
+
+
+def test_limbs_reference_body25_joints():
+    assert all(0 <= a < 25 and 0 <= b < 25 for a, b in BODY25_LIMBS) and len(BODY25_LIMBS) == 24
+
+
+def test_model_spec_round_trips_through_json(prepared):
+    _, spec = TASK.build_model({"model": "lstm_vae", **HPARAMS}, prepared)
+    again = ModelSpec(**json.loads(json.dumps(spec.to_json())))
+    assert again.extra["window"] == T and again.model_kwargs["hidden"] == 16
