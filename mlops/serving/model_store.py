@@ -48,6 +48,10 @@ class ModelStore:
         self._models: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}
         self._swap_lock = threading.Lock()
+        # Model compute (requests and a new version's warm-up) runs one at a time: torch already uses
+        # every core inside one call, and a warm-up running beside a Grad-CAM request was seen to hang
+        # that request for good under load.
+        self._compute_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -56,6 +60,11 @@ class ModelStore:
 
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
+
+    def predict(self, served: ServedModel, data: bytes, content_type: str) -> dict[str, Any]:
+        """Run one prediction (in a worker thread; never on the event loop)."""
+        with self._compute_lock:
+            return served.predictor.predict_upload(data, content_type)
 
     def refresh(self) -> list[str]:
         """Load every task whose alias points to another version than the one served; return swapped tasks."""
@@ -99,7 +108,8 @@ class ModelStore:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{task}/{version}")
         predictor: Predictor = pyfunc.unwrap_python_model().predictor
         predictor.max_pixels = self.settings.max_image_pixels
-        predictor.predict_array(predictor.warmup_input())
+        with self._compute_lock:
+            predictor.predict_array(predictor.warmup_input())
         lineage = {k.removeprefix(LINEAGE): v for k, v in mv.tags.items() if k.startswith(LINEAGE)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)
 

@@ -71,5 +71,5 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store) -
         raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
     data = await _read_limited(file, settings.max_upload_bytes)
     # Model compute runs in a worker thread so the event loop keeps serving other requests.
-    result = await run_in_threadpool(served.predictor.predict_upload, data, declared)
+    result = await run_in_threadpool(store.predict, served, data, declared)
     return {"task": task, "version": served.version, "alias": served.alias, **result}
