@@ -17,6 +17,7 @@ _TASK_MODULES: dict[str, str] = {
     "skeleton": "mlops.tasks.skeleton.task",
     "gas_leak": "mlops.tasks.gas_leak.task",
     "fracture": "mlops.tasks.fracture.task",
+    "ttubule": "mlops.tasks.ttubule.task",
 }
 _TASKS: dict[str, Task] = {}
 

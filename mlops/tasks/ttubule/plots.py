@@ -1,0 +1,117 @@
+"""Evaluation figures of ttubule: F/precision/recall against the threshold, prediction overlays, instances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlops.tasks.ttubule.inference import class_overlay
+
+TTUBULE = 3
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def threshold_curves(curves: pd.DataFrame, thresholds: dict[int, float], label_mode: str, out_dir: Path) -> Path:
+    """Pooled precision, recall and F per threshold 0-255, one panel per class; the used threshold marked."""
+    plt = _figure()
+    names = list(dict.fromkeys(curves["class"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name, threshold in zip(axes[0], names, thresholds.values(), strict=True):
+        part = curves[curves["class"] == name]
+        for column, colour in (("f", "black"), ("precision", "tab:blue"), ("recall", "tab:orange")):
+            ax.plot(part["threshold"], part[column], color=colour, label=column)
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"mean best = {threshold:.0f}")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlim(0, 255)
+        ax.set_xlabel("threshold on 255 x probability")
+        ax.set_title(name)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"ttubule test split ({label_mode}-label): pooled curves, threshold = mean of per-slice bests")
+    fig.tight_layout()
+    path = out_dir / "threshold_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _pick_slices(labels: np.ndarray, n: int) -> np.ndarray:
+    """Slices with the most T-tubule voxels first (where the rare class is to be judged)."""
+    counts = (labels == TTUBULE).reshape(len(labels), -1).sum(axis=1)
+    return np.argsort(-counts, kind="stable")[: max(1, n)]
+
+
+def overlays(
+    x: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: dict[int, float],
+    label_mode: str,
+    ids: np.ndarray,
+    n: int,
+    out_dir: Path,
+) -> Path:
+    """Test slices: the image, and predicted classes (at the evaluation thresholds) with true T-tubules outlined."""
+    plt = _figure()
+    chosen = _pick_slices(labels, n)
+    fig, axes = plt.subplots(len(chosen), 2, figsize=(7, 3.4 * len(chosen)), squeeze=False)
+    for row, i in zip(axes, chosen, strict=True):
+        channel = dict(zip(thresholds, range(len(thresholds)), strict=True))
+        masks = {
+            cls: probs[i, cls if label_mode == "multi" else channel[cls]] * 255 > t for cls, t in thresholds.items()
+        }
+        row[0].imshow(x[i], cmap="gray", vmin=0, vmax=255)
+        row[0].set_title(f"{ids[i]} (normalised)", fontsize=8)
+        row[1].imshow(class_overlay(x[i], masks))
+        if (labels[i] == TTUBULE).any():
+            row[1].contour(labels[i] == TTUBULE, levels=[0.5], colors="cyan", linewidths=0.7)
+        row[1].set_title("prediction: red mito, green myofibril, yellow T-tubule; cyan = truth", fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    path = out_dir / "overlays.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def instance_slices(
+    x: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    truth_ids: np.ndarray,
+    ids: np.ndarray,
+    n: int,
+    out_dir: Path,
+) -> Path:
+    """Predicted 3-D T-tubule instances (one colour each) next to the true ones, on the same slices."""
+    plt = _figure()
+    chosen = _pick_slices(labels, n)
+    fig, axes = plt.subplots(len(chosen), 2, figsize=(7, 3.4 * len(chosen)), squeeze=False)
+    truth = np.where(labels == TTUBULE, truth_ids, 0)
+    if not truth.any():  # no instance file: connected components stand in for the true instances
+        from scipy import ndimage
+
+        truth = ndimage.label(labels == TTUBULE)[0]
+    palette = np.random.default_rng(0).uniform(0.3, 1.0, size=(int(max(predicted.max(), truth.max())) + 1, 3))
+    for row, i in zip(axes, chosen, strict=True):
+        for ax, ids_map, title in ((row[0], predicted[i], "predicted instances"), (row[1], truth[i], "true instances")):
+            rgb = np.repeat(x[i][..., None] / 255.0, 3, axis=2) * 0.6
+            rgb[ids_map > 0] = palette[ids_map[ids_map > 0]]
+            ax.imshow(rgb)
+            ax.set_title(f"{ids[i]}: {title} ({len(np.unique(ids_map[ids_map > 0]))} here)", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path = out_dir / "ttubule_instances.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

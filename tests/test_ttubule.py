@@ -1,0 +1,450 @@
+"""ttubule: normalisation, augmentation, seamless tiling, instances, simulator, U-Net, validation, predictor."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from mlops.data.arrays import load_array, read_meta
+from mlops.inference import BadInput
+from mlops.tasks import get_task
+from mlops.tasks.ttubule.inference import TTubulePredictor, load
+from mlops.tasks.ttubule.instances import (
+    InstanceSettings,
+    boundary_map,
+    class_instances,
+    instance_stats,
+    split_instances,
+)
+from mlops.tasks.ttubule.model import UNet, predict_whole, segmentation_loss, sliding_window
+from mlops.tasks.ttubule.normalize import PeakSettings, histogram_peaks, normalize_stack, piecewise_linear
+from mlops.tasks.ttubule.simulate import LABELS_FILE, META_FILE, SimSettings, simulate_volumes
+from mlops.tasks.ttubule.task import AugmentParams, TTubuleParams, augment_pair, swept_class_metrics
+from mlops.validation import validate_dataset
+from tests.conftest import ROOT
+
+TASK = get_task("ttubule")
+
+
+def tiny_section() -> dict:
+    """The ttubule section of params.yaml shrunk to volumes that simulate and prepare in about a second."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["ttubule"]
+    section["simulate"].update(n_volumes=3, slices=6, height=64, width=64)
+    section["validation"].update(min_slices=2, min_height=32, min_width=32, max_ttubule_fraction=0.06)
+    section["augment"]["tiles_per_slice"] = 2
+    section["input"].update(tile=32, infer_tile=128)
+    return section
+
+
+@pytest.fixture()
+def params() -> TTubuleParams:
+    return TTubuleParams.model_validate(tiny_section())
+
+
+@pytest.fixture()
+def raw(tmp_path, params) -> Path:
+    folder = tmp_path / "raw" / "ttubule"
+    TASK.simulate(folder, params, seed=3, progress=lambda _: None)
+    return folder
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+# --- normalisation -------------------------------------------------------------------------------------
+
+
+def test_histogram_peaks_and_the_studys_formula_on_a_constructed_histogram():
+    rng = np.random.default_rng(0)
+    # Two peaks (mitochondria at 60, myofibrils at 150, the taller) over a thin spread of other levels.
+    values = np.concatenate([np.full(3000, 60), np.full(5000, 150), rng.integers(0, 256, 2000)])
+    image = rng.permutation(values).reshape(100, 100).astype(np.uint8)
+    p1, p2 = histogram_peaks(image, PeakSettings(smoothing=2.0, min_separation=25))
+    assert (p1, p2) == (60.0, 150.0)
+
+    P1, P2 = 80.0, 160.0  # noqa: N806
+    x = np.array([0, 30, 60, 105, 150, 200, 255], dtype=np.float32)
+    out = piecewise_linear(x, p1, p2, P1, P2)
+    expected = [0, 30 * 80 / 60, 80, 80 + 45 * 80 / 90, 160, 160 + 50 * 95 / 105, 255]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_normalisation_takes_out_slice_drift():
+    rng = np.random.default_rng(1)
+    base = np.where(rng.random((80, 80)) < 0.35, 70.0, 140.0) + rng.normal(0, 4, (80, 80))
+    drifted = np.stack([base, base * 1.2 + 10, base * 0.85 - 5]).clip(0, 255).astype(np.uint8)
+    out, skipped = normalize_stack(drifted, 80.0, 150.0)
+    assert skipped == 0
+    peaks = np.array([histogram_peaks(s) for s in out])
+    assert np.abs(peaks - [80.0, 150.0]).max() <= 3
+    blank, skipped = normalize_stack(np.zeros((1, 32, 32), np.uint8), 80.0, 150.0)
+    assert skipped == 1 and not blank.any()  # no peaks: left as it is, counted
+
+
+# --- augmentation --------------------------------------------------------------------------------------
+
+
+def _augment_params(**overrides) -> AugmentParams:
+    values = dict(
+        tiles_per_slice=1,
+        ttubule_tile_share=0.0,
+        flips=True,
+        rotations=True,
+        elastic_alpha_px=4.0,
+        elastic_sigma_px=6.0,
+        gain_low=1.0,
+        gain_high=1.0,
+        offset_max=0.0,
+        gamma_low=1.0,
+        gamma_high=1.0,
+        noise_std=0.0,
+    )
+    return AugmentParams(**(values | overrides))
+
+
+def _coded_pair() -> tuple[np.ndarray, np.ndarray]:
+    """Labels in 6-px blocks and an image whose gray level encodes the label (20 + 50 x class)."""
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 4, size=(12, 12))
+    labels = np.kron(blocks, np.ones((6, 6), dtype=np.int64)).astype(np.uint8)
+    boundary = boundary_map(labels[None].astype(np.int32))[0]
+    return (20 + 50 * labels).astype(np.uint8), np.stack([labels, boundary])
+
+
+def test_augmentation_moves_image_and_labels_together():
+    image, target = _coded_pair()
+    for seed in range(4):
+        out_img, out_tgt = augment_pair(image, target, np.random.default_rng(seed), _augment_params())
+        assert out_tgt.dtype == np.uint8 and set(np.unique(out_tgt[0])) <= {0, 1, 2, 3}
+        decoded = np.clip(np.rint((out_img.astype(float) - 20) / 50), 0, 3)
+        agreement = (decoded == out_tgt[0]).mean()
+        assert agreement > 0.93, agreement  # only bilinear edges differ
+        assert (out_tgt[0] != target[0]).mean() > 0.05  # it did transform
+    # Without the elastic part (flips, quarter turns only) the coding is kept exactly.
+    out_img, out_tgt = augment_pair(image, target, np.random.default_rng(9), _augment_params(elastic_alpha_px=0.0))
+    np.testing.assert_array_equal(out_img, 20 + 50 * out_tgt[0])
+
+
+def test_intensity_jitter_leaves_labels_alone():
+    image, target = _coded_pair()
+    a = _augment_params(elastic_alpha_px=0.0, flips=False, rotations=False, gain_low=0.7, gain_high=0.8, noise_std=5)
+    out_img, out_tgt = augment_pair(image, target, np.random.default_rng(0), a)
+    np.testing.assert_array_equal(out_tgt, target)
+    assert not np.array_equal(out_img, image)
+
+
+# --- sliding window ------------------------------------------------------------------------------------
+
+
+def _random_unet(label_mode: str = "multi", depth: int = 2) -> UNet:
+    torch.manual_seed(0)
+    model = UNet(label_mode, width=4, depth=depth)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 1, 32, 32) * 2)  # move the BatchNorm running statistics off their defaults
+    return model.eval()
+
+
+@pytest.mark.parametrize("size", [(100, 150), (64, 200), (37, 41)])
+def test_sliding_window_has_no_seams(size):
+    model = _random_unet()
+    x = torch.rand(2, 1, *size)
+    tiled = sliding_window(model, x, tile=64)
+    whole = predict_whole(model, x)
+    assert tiled.shape == (2, 5, *size)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_rejects_a_tile_inside_the_receptive_field():
+    with pytest.raises(ValueError, match="receptive field"):
+        sliding_window(_random_unet(), torch.rand(1, 1, 200, 200), tile=32)
+
+
+# --- instances -----------------------------------------------------------------------------------------
+
+
+def test_instances_are_counted_and_touching_ones_split():
+    truth = np.zeros((8, 48, 64), dtype=np.int32)
+    truth[1:7, 4:16, 4:16] = 1
+    truth[1:7, 4:16, 16:28] = 2  # touches instance 1 face to face: one connected component
+    truth[2:6, 30:42, 40:52] = 3
+    truth[0:8, 26:30, 8:30] = 4  # a tube-like bar through every slice
+    voxel = (70.0, 50.0, 50.0)
+    obj = (truth > 0).astype(np.float32)
+    found = split_instances(
+        obj, boundary_map(truth).astype(np.float32), InstanceSettings(mask_threshold=0.5, marker_threshold=0.5)
+    )
+    assert instance_stats(found, voxel).count == 4
+    assert class_instances(truth > 0, True).max() == 3  # connected components merge the touching pair
+    assert len(np.unique(found[1:7, 4:16, 4:28])) == 2  # ... which the boundary map splits
+    stats, true_stats = instance_stats(found, voxel), instance_stats(truth, voxel)
+    assert stats.volume_um3 == pytest.approx(true_stats.volume_um3)
+    assert true_stats.volume_um3 == pytest.approx((truth > 0).sum() * 70 * 50 * 50 * 1e-9)
+    assert true_stats.volume_fraction == pytest.approx((truth > 0).mean())
+
+
+def test_swept_threshold_metrics_use_the_mean_of_per_slice_best_thresholds():
+    labels = np.zeros((2, 4, 4), dtype=np.uint8)
+    labels[:, :2] = 3
+    prob = np.zeros((2, 4, 4))
+    prob[0, :2], prob[1, :2] = 100 / 255, 200 / 255  # slice 0 separates at t < 100, slice 1 at t < 200
+    metrics, curves, best = swept_class_metrics(prob, labels, 3)
+    assert best == [0, 0] and metrics["threshold"] == 0 and metrics["f"] == 1.0
+    assert len(curves) == 256 and curves["f"].iloc[150] == pytest.approx(2 * 8 / (2 * 8 + 8))
+
+
+# --- simulator, validation, prepare --------------------------------------------------------------------
+
+
+def test_simulator_is_deterministic_and_writes_the_real_layout(tmp_path, params):
+    s = SimSettings(**params.simulate.model_dump() | {"n_volumes": 2, "slices": 4})
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        simulate_volumes(tmp_path / name, s, seed)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    vol = tmp_path / "a" / "vol000"
+    image, labels = tifffile.imread(vol / "image.tif"), tifffile.imread(vol / LABELS_FILE)
+    assert image.shape == labels.shape == (4, 64, 64) and image.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    assert json.loads((vol / META_FILE).read_text())["voxel_size_nm"] == {"z": 70.0, "y": 50.0, "x": 50.0}
+
+
+def test_validation_passes_on_simulated_data(raw, params):
+    report = validate_dataset(TASK, raw, params)
+    assert report.success, report.summary()
+
+
+@pytest.mark.parametrize(
+    "breakage, expectation, column",
+    [
+        ("label7", "expect_column_values_to_be_between", "max_label"),
+        ("shape", "expect_column_values_to_be_in_set", "shapes_match"),
+        ("voxel_size", "expect_column_values_to_not_be_null", "voxel_z_nm"),
+        ("empty_slice", "expect_column_values_to_be_between", "slice_std"),
+    ],
+)
+def test_validation_catches_a_broken_dataset(raw, params, breakage, expectation, column):
+    vol = raw / "vol001"
+    if breakage == "label7":
+        labels = tifffile.imread(vol / LABELS_FILE)
+        labels[2, 10, 10] = 7
+        tifffile.imwrite(vol / LABELS_FILE, labels)
+    elif breakage == "shape":
+        tifffile.imwrite(vol / LABELS_FILE, tifffile.imread(vol / LABELS_FILE)[:-1])
+    elif breakage == "voxel_size":
+        (vol / META_FILE).write_text(json.dumps({"voxel_size_nm": {"z": 70.0}}))
+    else:
+        image = tifffile.imread(vol / "image.tif")
+        image[3] = 0
+        tifffile.imwrite(vol / "image.tif", image)
+    report = validate_dataset(TASK, raw, params)
+    assert not report.success
+    failed = {(f.expectation, f.column) for f in report.failures}
+    assert (expectation, column) in failed, report.summary()
+    assert any(s.startswith("vol001") for f in report.failures for s in f.samples)
+
+
+def test_prepare_splits_by_volume_normalises_and_keeps_whole_test_slices(raw, tmp_path, params):
+    copy = tmp_path / "ingested"
+    assert TASK.ingest(raw, copy) == 3
+    sizes = TASK.prepare(copy, tmp_path / "prep", params, seed=0)
+    prep = tmp_path / "prep"
+    meta = read_meta(prep)
+    assert sizes == {"train": 6 * 2, "val": 6, "test": 6}
+    assert 0 < meta["P1"] < meta["P2"] < 255
+    groups = meta["split_groups"]
+    assert len({g for s in groups.values() for g in s}) == 3  # every volume in exactly one split
+    assert load_array(prep, "train", "x").shape == (12, 32, 32)
+    assert load_array(prep, "train", "y").shape == (12, 2, 32, 32)
+    assert load_array(prep, "test", "x").shape == (6, 64, 64)  # whole slices for sliding-window inference
+    train = TASK.dataset(prep, "train")
+    x, y = train[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y.shape == (2, 32, 32)
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label_mode", ["multi", "single"])
+def test_unet_overfits_one_small_batch(label_mode):
+    torch.manual_seed(0)
+    labels = torch.full((4, 32, 32), 2, dtype=torch.uint8)
+    labels[:, :, :8] = 1
+    labels[:, 10:30, 20:23] = 3  # a thin bright bar: the rare class
+    image = torch.where(labels == 3, 0.9, torch.where(labels == 1, 0.3, 0.55)) + 0.03 * torch.randn(4, 32, 32)
+    boundary = torch.from_numpy(boundary_map(labels.numpy().astype(np.int32)))
+    targets = torch.stack([labels, boundary], dim=1)
+    model = UNet(label_mode, width=8, depth=2, loss="ce")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(120):
+        optimizer.zero_grad()
+        loss = TASK.loss(model(image[:, None]), targets)
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else float(loss.detach())
+    assert float(loss.detach()) < 0.2 * first
+    model.eval()
+    with torch.no_grad():
+        metrics = TASK.val_metrics(model(image[:, None]), targets)
+    assert metrics["ttubule_f"] > 0.9
+    assert ("mitochondria_f" in metrics) == (label_mode == "multi")
+
+
+@pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "tversky", "focal"])
+@pytest.mark.parametrize("label_mode", ["multi", "single"])
+def test_every_loss_works_in_both_label_modes(loss, label_mode):
+    model = UNet(label_mode, width=4, depth=2, loss=loss)
+    targets = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    targets[:, 0, 4:8] = 3
+    out = model(torch.rand(2, 1, 16, 16))
+    assert out.shape[1] == (5 if label_mode == "multi" else 2)
+    value = TASK.loss(out, targets)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(segmentation_loss(out.detach(), targets))
+
+
+def test_build_model_reads_the_arm_and_stores_the_normalisation(raw, tmp_path, params):
+    TASK.prepare(raw, tmp_path / "prep", params, seed=0)
+    model, spec = TASK.build_model({"model": "unet", "label_mode": "single", "width": 4}, tmp_path / "prep")
+    assert model.label_mode == "single" and spec.model_kwargs["label_mode"] == "single"
+    assert {"P1", "P2", "infer_tile", "voxel_size_nm", "max_upload_voxels"} <= set(spec.extra)
+
+
+@pytest.mark.parametrize("label_mode", ["multi", "single"])
+def test_evaluate_reports_per_class_tables_and_instances(raw, tmp_path, params, label_mode):
+    TASK.prepare(raw, tmp_path / "prep", params, seed=0)
+    model, _ = TASK.build_model({"label_mode": label_mode, "width": 4, "depth": 2}, tmp_path / "prep")
+    evaluation = TASK.evaluate(model.eval(), tmp_path / "prep", params, tmp_path / "eval")
+    m = evaluation.metrics
+    for key in ("f", "precision", "recall", "iou", "threshold", "instances", "instances_true", "volume_um3"):
+        assert f"test_ttubule_{key}" in m
+    assert ("test_mitochondria_f" in m) == (label_mode == "multi")
+    assert all(p.is_file() for p in evaluation.images.values())
+    assert set(evaluation.tables) == {"class_metrics", "threshold_curves", "slice_thresholds", "instances"}
+
+
+# --- predictor -----------------------------------------------------------------------------------------
+
+
+def _spec(label_mode: str = "multi", max_voxels: int = 4 * 64 * 64) -> dict:
+    return {
+        "task": "ttubule",
+        "model": "unet",
+        "model_kwargs": {"label_mode": label_mode, "width": 4, "depth": 2},
+        "inference_module": "mlops.tasks.ttubule.inference",
+        "extra": {
+            "P1": 80.0,
+            "P2": 145.0,
+            "peak_smoothing": 3.0,
+            "peak_min_separation": 25,
+            "infer_tile": 64,
+            "max_upload_voxels": max_voxels,
+            "voxel_size_nm": [70.0, 50.0, 50.0],
+        },
+    }
+
+
+@pytest.fixture()
+def predictor(tmp_path) -> TTubulePredictor:
+    torch.save(_random_unet().state_dict(), tmp_path / "weights.pt")
+    return load(tmp_path / "weights.pt", _spec())
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, photometric="minisblack")
+    return buf.getvalue()
+
+
+def test_predictor_answers_a_stack_and_a_slice(predictor, raw):
+    stack = tifffile.imread(raw / "vol000" / "image.tif")[:3]
+    answer = predictor.predict_upload(_tiff(stack), "image/tiff")
+    assert answer["shape"] == [3, 64, 64]
+    assert set(answer["classes"]) == {"mitochondria", "myofibril", "ttubule"}
+    png = base64_png(answer["classes"]["ttubule"]["masks_png"][0])
+    assert png.size == (64, 64)
+    assert set(answer["instances"]["ttubule"]) == {"count", "volume_um3", "volume_fraction"}
+    one = predictor.predict_upload(_npy(stack[0]), "application/x-npy")
+    assert one["shape"] == [1, 64, 64] and len(one["classes"]["myofibril"]["masks_png"]) == 1
+    assert predictor.predict_upload(_npy(stack), "application/octet-stream")["shape"] == [3, 64, 64]
+    assert predictor.predict_array(predictor.warmup_input()).shape == (1, 5, 64, 64)
+
+
+def base64_png(text: str):
+    import base64
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(text)))
+
+
+@pytest.mark.parametrize(
+    "payload, content_type, status, words",
+    [
+        (b"", "application/x-npy", 400, "empty"),
+        (b"GIF89a....", "application/octet-stream", 415, "TIFF"),
+        (_npy(np.zeros((2, 64, 64), np.float32)), "application/x-npy", 422, "dtype"),
+        (_npy(np.zeros((1, 2, 64, 64), np.uint8)), "application/x-npy", 422, "rank"),
+        (_npy(np.zeros((5, 64, 64), np.uint8)), "application/x-npy", 413, "limit is 16384 voxels"),
+        (_tiff(np.zeros((5, 64, 64), np.uint8)), "image/tiff", 413, "limit is 16384 voxels"),
+        (_npy(np.zeros((64, 64), np.uint8)), "image/tiff", 415, "declared"),
+        (b"II*\x00" + b"\x00" * 40, "image/tiff", 422, "unreadable"),
+        (_npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 422, "too small"),
+    ],
+)
+def test_predictor_rejects_bad_uploads(predictor, payload, content_type, status, words):
+    with pytest.raises(BadInput) as err:
+        predictor.predict_upload(payload, content_type)
+    assert err.value.status == status
+    assert words in err.value.message
+
+
+def test_predictor_limit_follows_the_service_setting(predictor):
+    predictor.max_pixels = 2 * 64 * 64
+    with pytest.raises(BadInput, match="limit is 8192 voxels") as err:
+        predictor.predict_upload(_npy(np.zeros((3, 64, 64), np.uint8)), "application/x-npy")
+    assert err.value.status == 413
+
+
+def test_single_label_predictor_returns_only_ttubules(tmp_path):
+    torch.save(_random_unet("single").state_dict(), tmp_path / "w.pt")
+    single = load(tmp_path / "w.pt", _spec("single"))
+    answer = single.predict_upload(_npy(np.full((64, 64), 120, np.uint8)), "application/x-npy")
+    assert list(answer["classes"]) == ["ttubule"]
+    assert answer["normalisation"]["slices_without_two_peaks"] == 1
+
+
+def test_slab_split_keeps_each_slab_whole(raw, tmp_path, params):
+    section = tiny_section()
+    section["split"].update(group="slab", slab_slices=3)
+    slab_params = TTubuleParams.model_validate(section)
+    TASK.prepare(raw, tmp_path / "prep", slab_params, seed=1)
+    groups = read_meta(tmp_path / "prep")["split_groups"]
+    assert sum(len(g) for g in groups.values()) == 6  # 3 volumes x 2 slabs, each in exactly one split
+    for split in ("val", "test"):
+        ids = load_array(tmp_path / "prep", split, "ids")
+        slabs = load_array(tmp_path / "prep", split, "groups")
+        for slab in np.unique(slabs):
+            zs = sorted(int(i.split(":")[1]) for i in ids[slabs == slab])
+            assert len(zs) == 3 and zs == list(range(zs[0], zs[0] + 3))  # a contiguous, complete slab
