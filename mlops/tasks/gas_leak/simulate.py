@@ -35,14 +35,15 @@ from pathlib import Path
 import numpy as np
 from scipy.special import erf
 
+from mlops.config import Strict
+
 LABEL_COLUMNS = ("seq_id", "x", "y", "z", "domain", "occluded")
 DOMAINS = ("sim", "field")
 #: depth (m) below which puffs drifting towards the camera fade out (they would fill the whole view)
 NEAR_M = 1.0
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(Strict):
     """Camera and release settings shared by both domains."""
 
     frames: int
@@ -65,8 +66,7 @@ class Geometry:
     seqs_per_scene: int
 
 
-@dataclass(frozen=True)
-class DomainSettings:
+class DomainSettings(Strict):
     """What differs between simulated training footage and the held-out "field" footage."""
 
     background_level_low: float

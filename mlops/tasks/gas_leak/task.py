@@ -36,55 +36,12 @@ from mlops.tasks.gas_leak.simulate import (
 Z_WEIGHT = 0.5
 
 
-class GeometryParams(Strict):
-    frames: int
-    height: int
-    width: int
-    fps: float
-    spin_up_s: float
-    focal_frac: float
-    depth_low: float
-    depth_high: float
-    margin_px: float
-    puffs_per_frame: int
-    puff_sigma0_m: float
-    diffusivity_low: float
-    diffusivity_high: float
-    seqs_per_scene: int
-
-
-class DomainParams(Strict):
-    background_level_low: float
-    background_level_high: float
-    background_amplitude: float
-    background_waves: int
-    hot_spots: int
-    noise_std: float
-    fixed_pattern_std: float
-    jitter_px: float
-    wind_speed_low: float
-    wind_speed_high: float
-    buoyancy_max: float
-    meander_std: float
-    meander_tau_s: float
-    pipes_low: int
-    pipes_high: int
-    pipe_width_low: float
-    pipe_width_high: float
-    pipe_tilt_deg: float
-    p_source_hidden: float
-    gas_contrast_low: float
-    gas_contrast_high: float
-    emission_low: float
-    emission_high: float
-
-
 class SimulateParams(Strict):
     n_sim: int
     n_field: int
-    geometry: GeometryParams
-    sim: DomainParams
-    field: DomainParams
+    geometry: Geometry
+    sim: DomainSettings
+    field: DomainSettings
 
 
 class ValidationParams(Strict):
@@ -247,10 +204,10 @@ class GasLeakTask(Task):
     # --- data ---------------------------------------------------------------------------------
     def simulate(self, out_dir: Path, params: GasLeakParams, seed: int, progress: Callable[[int], None]) -> int:
         p = params.simulate
-        geom = Geometry(**p.geometry.model_dump())
+        geom = p.geometry
         domains = {
-            "sim": (DomainSettings(**p.sim.model_dump()), p.n_sim),
-            "field": (DomainSettings(**p.field.model_dump()), p.n_field),
+            "sim": (p.sim, p.n_sim),
+            "field": (p.field, p.n_field),
         }
         return simulate_sequences(out_dir, geom, domains, seed, progress)
 

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from mlops.config import Strict
+
 BACKGROUND, MITO, MYOFIBRIL, TTUBULE = 0, 1, 2, 3
 CLASS_NAMES = {BACKGROUND: "background", MITO: "mitochondria", MYOFIBRIL: "myofibril", TTUBULE: "ttubule"}
 IMAGE_FILE, LABELS_FILE, INSTANCES_FILE, META_FILE = "image.tif", "labels.tif", "instances.tif", "meta.json"
@@ -46,8 +48,7 @@ MITO_MATRIX, MITO_RIM, TUBE_LUMEN, THIN_TUBE_LUMEN, TUBE_RIM = 88.0, 52.0, 222.0
 EXTRACELLULAR, SARCOLEMMA = 214.0, 70.0
 
 
-@dataclass(frozen=True)
-class SimSettings:
+class SimSettings(Strict):
     """The simulator's knobs (params.yaml ttubule.simulate); lengths in nm unless named _px."""
 
     n_volumes: int

@@ -49,31 +49,6 @@ SIZE_MULTIPLE = 16
 SCORED = {MITO: "mitochondria", MYOFIBRIL: "myofibril", TTUBULE: "ttubule"}
 
 
-class SimulateParams(Strict):
-    n_volumes: int
-    slices: int
-    height: int
-    width: int
-    voxel_z_nm: float
-    voxel_xy_nm: float
-    sarcomere_nm: float
-    myofibril_nm: float
-    cleft_nm: float
-    mito_fraction: float
-    ttubule_fraction: float
-    tube_radius_low_nm: float
-    tube_radius_high_nm: float
-    thin_tube_share: float
-    thin_tube_radius_nm: float
-    extracellular_probability: float
-    extracellular_share_low: float
-    extracellular_share_high: float
-    blur_px: float
-    dose: float
-    drift_gain: float
-    drift_offset: float
-
-
 class ValidationParams(Strict):
     min_volumes: int
     min_slices: int
@@ -134,7 +109,7 @@ class EvaluateParams(Strict):
 
 
 class TTubuleParams(Strict):
-    simulate: SimulateParams
+    simulate: SimSettings
     validation: ValidationParams
     split: SplitParams
     input: InputParams
@@ -391,7 +366,7 @@ class TTubuleTask(Task):
 
     # --- data ---------------------------------------------------------------------------------
     def simulate(self, out_dir: Path, params: TTubuleParams, seed: int, progress: Callable[[int], None]) -> int:
-        return simulate_volumes(out_dir, SimSettings(**params.simulate.model_dump()), seed, progress)
+        return simulate_volumes(out_dir, params.simulate, seed, progress)
 
     def simulated_samples(self, params: TTubuleParams) -> int:
         return params.simulate.n_volumes
