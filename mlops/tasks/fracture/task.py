@@ -12,7 +12,6 @@ group; ``magnification`` is the nominal SEM magnification (metadata, not a model
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from torch.utils.data import TensorDataset
 
 from mlops.config import Gates, Strict
 from mlops.data.arrays import load_array, read_meta, save_split, write_meta
+from mlops.data.layout import find_image, image_stats, read_labels_table
 from mlops.data.split import split_groups
 from mlops.inference.gradcam import grad_cam
 from mlops.tasks import register_task
@@ -41,7 +41,6 @@ from mlops.tasks.fracture.model import MODELS, N_CLASSES, predicted_class_logit
 from mlops.tasks.fracture.simulate import CLASSES, outlier_image, simulate_fractographs
 
 LABEL_COLUMNS = ("image_id", "class", "source", "magnification")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Target of an outlier-exposure image in the training split: "no class" (a uniform prediction).
 OUTLIER = -1
 #: Weight of an outlier image's loss relative to a fractograph's (Hendrycks et al. 2019 use 0.5).
@@ -114,41 +113,7 @@ class FractureParams(Strict):
 
 
 def read_labels(raw_dir: Path) -> pd.DataFrame:
-    """The labels table of the real-data layout, id column first; ValueError naming what is missing."""
-    path = raw_dir / "labels.csv"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the fracture layout needs labels.csv with {LABEL_COLUMNS}")
-    table = pd.read_csv(path, dtype={"image_id": str, "class": str, "source": str})
-    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; expected {LABEL_COLUMNS}")
-    # Validation names failing samples by the first column, so the id leads whatever the file's order.
-    return table[[*LABEL_COLUMNS, *(c for c in table.columns if c not in LABEL_COLUMNS)]]
-
-
-def find_image(raw_dir: Path, image_id: str) -> Path | None:
-    """The image file of ``image_id`` under ``images/`` (any accepted suffix), or None."""
-    for suffix in IMAGE_SUFFIXES:
-        path = raw_dir / "images" / f"{image_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def _image_stats(path: Path | None) -> dict[str, Any]:
-    stats: dict[str, Any] = {"file": str(path) if path else None, "exists": path is not None, "decodes": False}
-    if path is None:
-        return stats
-    stats["content_hash"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    try:
-        with Image.open(path) as img:
-            img.load()
-            gray = np.asarray(img.convert("L"), dtype=np.float32)
-            stats.update(width=img.width, height=img.height, mode=img.mode)
-    except Exception:  # any decoder failure is a data finding, reported by validation
-        return stats
-    stats.update(decodes=True, mean_intensity=float(gray.mean()), intensity_std=float(gray.std()))
-    return stats
+    return read_labels_table(raw_dir, LABEL_COLUMNS, "fracture", {"image_id": str, "class": str, "source": str})
 
 
 def stratified_group_split(
@@ -364,7 +329,7 @@ class FractureTask(Task):
 
     def manifest(self, raw_dir: Path) -> pd.DataFrame:
         labels = read_labels(raw_dir)
-        rows = [{**row, **_image_stats(find_image(raw_dir, str(row["image_id"])))} for row in labels.to_dict("records")]
+        rows = [{**row, **image_stats(find_image(raw_dir, str(row["image_id"])))} for row in labels.to_dict("records")]
         table = pd.DataFrame(rows)
         table["class_count"] = table.groupby("class", dropna=False)["image_id"].transform("count")
         return table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch.utils.data import TensorDataset
 from mlops.config import Gates, Strict
 from mlops.data.arrays import load_array, read_meta, save_split, write_meta
 from mlops.data.augment import augment_image
+from mlops.data.layout import find_image, image_stats, read_labels_table
 from mlops.data.split import split_groups
 from mlops.inference.gradcam import grad_cam
 from mlops.inference.images import to_gray_input
@@ -30,7 +30,6 @@ from mlops.tasks.fume_hood.model import MODELS, N_LEVELS, lowering_evidence
 from mlops.tasks.fume_hood.simulate import simulate_photos
 
 LABEL_COLUMNS = ("photo_id", "lab_id", "rating")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class SimulateParams(Strict):
@@ -90,45 +89,7 @@ class FumeHoodParams(Strict):
 
 
 def read_labels(raw_dir: Path) -> pd.DataFrame:
-    """The labels table of the real-data layout; ValueError naming what is missing."""
-    path = raw_dir / "labels.csv"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the fume_hood layout needs labels.csv with {LABEL_COLUMNS}")
-    table = pd.read_csv(path, dtype={"photo_id": str, "lab_id": str})
-    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; expected {LABEL_COLUMNS}")
-    return table
-
-
-def find_image(raw_dir: Path, photo_id: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        path = raw_dir / "images" / f"{photo_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
-
-def _photo_stats(path: Path | None) -> dict[str, Any]:
-    stats: dict[str, Any] = {
-        "file": str(path) if path else None,
-        "exists": path is not None,
-        "decodes": False,
-    }
-    if path is None:
-        return stats
-    data = path.read_bytes()
-    stats["content_hash"] = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(path) as img:
-            img.load()
-            gray = np.asarray(img.convert("L"), dtype=np.float32)
-            stats.update(width=img.width, height=img.height, mode=img.mode)
-    except Exception:  # any decoder failure is a data finding, reported by validation
-        return stats
-    stats.update(decodes=True, mean_intensity=float(gray.mean()), intensity_std=float(gray.std()))
-    stats.update(min_intensity=float(gray.min()), max_intensity=float(gray.max()))
-    return stats
+    return read_labels_table(raw_dir, LABEL_COLUMNS, "fume_hood", {"photo_id": str, "lab_id": str})
 
 
 @register_task
@@ -160,7 +121,7 @@ class FumeHoodTask(Task):
 
     def manifest(self, raw_dir: Path) -> pd.DataFrame:
         labels = read_labels(raw_dir)
-        rows = [{**row, **_photo_stats(find_image(raw_dir, str(row["photo_id"])))} for row in labels.to_dict("records")]
+        rows = [{**row, **image_stats(find_image(raw_dir, str(row["photo_id"])))} for row in labels.to_dict("records")]
         table = pd.DataFrame(rows)
         table["rating_count"] = table.groupby("rating")["photo_id"].transform("count")
         return table

@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from mlops.config import Gates, Strict
 from mlops.data.arrays import load_array, read_meta, save_split, write_meta
+from mlops.data.layout import read_labels_table
 from mlops.data.split import split_groups
 from mlops.tasks import register_task
 from mlops.tasks.base import Evaluation, ModelSpec, Task
@@ -98,14 +99,8 @@ class GasLeakParams(Strict):
 
 
 def read_labels(raw_dir: Path) -> pd.DataFrame:
-    """The labels table of the real-data layout; ValueError naming what is missing."""
-    path = raw_dir / "labels.csv"
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the gas_leak layout needs labels.csv with {LABEL_COLUMNS}")
-    table = pd.read_csv(path, dtype={"seq_id": str, "domain": str, "scene_id": str})
-    missing = [c for c in LABEL_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; expected {LABEL_COLUMNS} (+ optional scene_id)")
+    """The labels table of the real-data layout (+ optional scene_id); ValueError naming what is missing."""
+    table = read_labels_table(raw_dir, LABEL_COLUMNS, "gas_leak", {"seq_id": str, "domain": str, "scene_id": str})
     if "scene_id" not in table.columns:  # no scene grouping given: every sequence is its own group
         table["scene_id"] = table["seq_id"]
     return table
