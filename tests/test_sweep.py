@@ -124,32 +124,10 @@ def test_rerun_resumes_the_same_study(sweep_setup):
     params, prepared, report, exp_dir, raw = sweep_setup
     exp = write_experiment(exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1})
     settings = Settings()
-    first = run_sweep(
-        "fume_hood",
-        params,
-        exp,
-        settings,
-        prepared,
-        raw,
-        report,
-        workers=1,
-        experiments_dir=exp_dir,
-        show_progress=False,
-        arm="custom_cnn",
-    )
-    again = run_sweep(
-        "fume_hood",
-        params,
-        exp,
-        settings,
-        prepared,
-        raw,
-        report,
-        workers=1,
-        experiments_dir=exp_dir,
-        show_progress=False,
-        arm="custom_cnn",
-    )
+    args = ("fume_hood", params, exp, settings, prepared, raw, report)
+    options = {"workers": 1, "experiments_dir": exp_dir, "show_progress": False, "arm": "custom_cnn"}
+    first = run_sweep(*args, **options)
+    again = run_sweep(*args, **options)
     assert again.study_name == first.study_name
     assert again.parent_run_id == first.parent_run_id
     assert again.n_complete + again.n_pruned == 2  # nothing re-run: the budget was already spent
