@@ -287,8 +287,10 @@ def register(
 @friendly
 def registry_status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Champion and challenger of every task, with metrics, data version and validation."""
+    """Champion and challenger of every task, with gated metrics, data version and validation."""
+    from mlops.config import load_params
     from mlops.registry.versions import status
     from mlops.tasks import task_names
 
@@ -307,8 +309,12 @@ def registry_status(
         "promoted by",
     ):
         table.add_column(col)
+    # The table shows the metrics the task's gates name (all of them are in --json and the model card).
+    params = load_params(params_path)
+    gated = {t: {*params.task(t).gates.min, *params.task(t).gates.max} for t in params.tasks}
     for r in rows:
-        metrics = ", ".join(f"{k}={v}" for k, v in sorted((r.get("champion_metrics") or {}).items()))
+        shown = {k: v for k, v in (r.get("champion_metrics") or {}).items() if k in gated.get(r["task"], ())}
+        metrics = "\n".join(f"{k}={float(v):.3g}" for k, v in sorted(shown.items()))
         table.add_row(
             r["task"],
             r["champion"] or "-",
