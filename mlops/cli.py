@@ -35,6 +35,7 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mlops.config import ConfigError
+        from mlops.members.keys import AuthError
         from mlops.registry.history import PromotionConflict
         from mlops.registry.versions import PromotionError
         from mlops.tasks import UnknownTaskError
@@ -44,6 +45,7 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (
             ConfigError,
+            AuthError,
             ValidationFailed,
             PromotionError,
             PromotionConflict,
@@ -278,6 +280,16 @@ def register(
         console.print(f"registered {task} v{reg.version} as challenger")
     else:
         console.print(f"registered {task} v{reg.version}; [yellow]not challenger[/]: {reg.gate_failures}")
+
+
+def _register_groups() -> None:
+    from mlops import members_cli, steward_cli
+
+    steward_cli.add_commands(data_app, friendly, console)
+    members_cli.add_commands(app, data_app, friendly, console)
+
+
+_register_groups()
 
 
 # --- registry ---------------------------------------------------------------------------------------

@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     served_alias: str = "champion"
     #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).
     alias_poll_seconds: float = 10.0
+    # Member service: API keys, request log and contributions live in the service's database, which
+    # defaults to the MLflow backend store's (like the alias history).
+    service_db_uri: str | None = None
+    #: Predict and contribute calls need an API key (header X-API-Key); off only for a closed demo box.
+    require_api_key: bool = True
+    #: Per-key token bucket: sustained requests per minute, and the burst a key may send at once.
+    rate_limit_per_minute: int = 120
+    rate_limit_burst: int = 20
+    #: Shared secret of the MLflow registry webhook (HMAC of each delivery); unset = webhook needs an admin key.
+    webhook_secret: str | None = None
+    #: The params.yaml whose gates a promotion through the service checks.
+    params_file: Path = Path("params.yaml")
 
     @cached_property
     def home_dir(self) -> Path:
@@ -62,6 +74,16 @@ class Settings(BaseSettings):
     def resolved_optuna_storage(self) -> str:
         """An RDB URL (sqlite:///, postgresql://) or ``journal:<path>`` for a journal file."""
         return self.optuna_storage or f"journal:{self.home_dir / 'optuna.journal'}"
+
+    @property
+    def resolved_service_db_uri(self) -> str:
+        from mlops.registry.history import history_url
+
+        return self.service_db_uri or self.history_uri or history_url(self.resolved_tracking_uri)
+
+    @property
+    def contributions_dir(self) -> Path:
+        return self.home_dir / "contributions"
 
     @property
     def checkpoint_dir(self) -> Path:

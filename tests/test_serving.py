@@ -43,8 +43,11 @@ def server(pipeline_repo):
         repo,
         env,
     )
+    key = run(["mlops", "keys", "issue", "tester"], repo, env).stdout.strip().splitlines()[-1]
     env["MLOPS_MAX_UPLOAD_BYTES"] = "300000"
     env["MLOPS_ALIAS_POLL_SECONDS"] = "0.3"
+    env["MLOPS_RATE_LIMIT_PER_MINUTE"] = "1000000"  # the hot-swap test sends requests as fast as it can
+    env["MLOPS_RATE_LIMIT_BURST"] = "1000"
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "mlops"), "serve", "--port", str(port)],
@@ -68,7 +71,9 @@ def server(pipeline_repo):
     else:
         proc.kill()
         raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
-    yield {"base": base, "repo": repo, "env": env}
+    global KEY
+    KEY = key
+    yield {"base": base, "repo": repo, "env": env, "key": key}
     proc.terminate()
     try:
         proc.wait(timeout=60)
@@ -84,8 +89,16 @@ def photo_bytes(fmt: str = "JPEG", size=(160, 120)) -> bytes:
     return buf.getvalue()
 
 
+KEY = ""  # the member key the server fixture issues
+
+
 def post(base: str, data: bytes, content_type: str, task: str = "fume_hood") -> httpx.Response:
-    return httpx.post(f"{base}/v1/models/{task}/predict", files={"file": ("x", data, content_type)}, timeout=30)
+    return httpx.post(
+        f"{base}/v1/models/{task}/predict",
+        files={"file": ("x", data, content_type)},
+        headers={"X-API-Key": KEY},
+        timeout=30,
+    )
 
 
 def test_health_and_model_list_with_lineage(server):
@@ -155,7 +168,7 @@ def test_hot_swap_under_load_on_promotion_and_rollback(server, monkeypatch):
     photo = photo_bytes()
 
     def load() -> None:
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(timeout=60, headers={"X-API-Key": server["key"]}) as http:
             while not stop.is_set():
                 try:
                     r = http.post(f"{base}/v1/models/fume_hood/predict", files={"file": ("x.jpg", photo, "image/jpeg")})

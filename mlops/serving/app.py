@@ -1,4 +1,4 @@
-"""App wiring only: settings, lifespan (models loaded here, never at import), routes."""
+"""App wiring only: settings, lifespan (models loaded here, never at import), routes, error shapes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from mlops.inference import BadInput
+from mlops.members.keys import AuthError
+from mlops.members.ratelimit import RateLimited
+from mlops.serving import contributions, registry_routes, web
+from mlops.serving.guard import Guard, RequestLogMiddleware
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
 from mlops.settings import Settings
@@ -23,19 +27,36 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
         from mlops.tracking.runs import connect
 
         connect(settings)
+        app.state.guard = await run_in_threadpool(Guard, settings)
         store = ModelStore(settings, tasks or task_names())
         await run_in_threadpool(store.refresh)
         store.start_watching()
         app.state.store = store
-        app.state.settings = settings
         yield
         store.stop()
+        app.state.guard.log.close()
 
     app = FastAPI(title="mlops model service", version="1", lifespan=lifespan)
+    app.state.settings = settings
     app.include_router(router)
+    app.include_router(contributions.router)
+    app.include_router(registry_routes.router)
+    app.include_router(web.router)
+    app.add_middleware(RequestLogMiddleware)
 
     @app.exception_handler(BadInput)
     async def bad_input(_request: Request, exc: BadInput) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+
+    @app.exception_handler(AuthError)
+    async def auth_error(_request: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if exc.status == 401 else None
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message}, headers=headers)
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            status_code=429, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)}
+        )
 
     return app

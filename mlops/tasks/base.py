@@ -105,6 +105,18 @@ class Task(ABC):
     def ingest(self, src_dir: Path, out_dir: Path) -> int:
         """Copy a user's real data (documented layout) into ``out_dir``; return the sample count."""
 
+    # Contributions: members' uploads that a steward accepts into the raw data (review queue).
+    #: Labels a member may claim; empty means the task takes no contributions.
+    contribution_labels: ClassVar[tuple[str, ...]] = ()
+    #: Metadata the real-data layout needs besides the label (asked of the member with each upload).
+    contribution_fields: ClassVar[tuple[str, ...]] = ()
+
+    def add_contribution(
+        self, raw_dir: Path, sample_id: str, data: bytes, suffix: str, label: str, source: str, meta: dict[str, str]
+    ) -> Path:
+        """Write one accepted contribution into ``raw_dir`` in the real-data layout; return its file."""
+        raise NotImplementedError(f"{self.name} takes no contributions")
+
     @abstractmethod
     def manifest(self, raw_dir: Path) -> pd.DataFrame:
         """One row per sample with computed statistics, for validation (never raises on bad files)."""

@@ -1,0 +1,182 @@
+"""The contribution queue: members send samples with a claimed label; a steward accepts or rejects.
+
+A contribution never reaches training data by itself. Its bytes are kept under the service home by
+content hash (one copy per distinct file), its record in the service database; accepting it writes it
+into ``data/raw/<task>`` in the task's real-data layout, so the next ``dvc commit``/``dvc repro`` makes a
+new data version that is validated like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from mlops.inference.images import sniff_image_type
+from mlops.members.schema import CONTRIBUTIONS, engine
+from mlops.tasks import get_task
+
+_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
+
+
+class ReviewError(ValueError):
+    """A contribution or review that cannot be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Contribution:
+    id: int
+    task: str
+    member: str
+    claimed_label: str
+    meta: dict[str, str]
+    content_sha256: str
+    suffix: str
+    received_at: str
+    status: str
+    reviewed_by: str | None
+    reviewed_at: str | None
+    review_note: str | None
+    sample_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Contribution:
+        data = {k: row[k] for k in cls.__dataclass_fields__}
+        data["meta"] = json.loads(row["meta"])
+        return cls(**data)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ReviewQueue:
+    def __init__(self, url: str, blob_dir: Path):
+        self.engine = engine(url)
+        self.blob_dir = Path(blob_dir)
+
+    def blob(self, c: Contribution) -> Path:
+        return self.blob_dir / c.task / f"{c.content_sha256}{c.suffix}"
+
+    def submit(
+        self, task: str, member: str, key_id: str | None, data: bytes, label: str, meta: dict[str, str]
+    ) -> Contribution:
+        """Queue one upload (already size-checked and decodable); ReviewError for a bad claim or a repeat."""
+        spec = get_task(task)
+        if not spec.contribution_labels:
+            raise ReviewError(f"{task} takes no contributions")
+        if label not in spec.contribution_labels:
+            raise ReviewError(f"unknown label {label!r} for {task}; choose one of {list(spec.contribution_labels)}")
+        missing = [f for f in spec.contribution_fields if not str(meta.get(f, "")).strip()]
+        if missing:
+            raise ReviewError(f"a {task} contribution needs {missing} as well (form fields)")
+        kind = sniff_image_type(data)
+        if kind is None:
+            raise ReviewError("not a PNG or JPEG image (checked by its first bytes)")
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.blob_dir / task / f"{digest}{_SUFFIX[kind]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        row = {
+            "task": task,
+            "member": member,
+            "key_id": key_id,
+            "claimed_label": label,
+            "meta": json.dumps({f: str(meta[f]) for f in spec.contribution_fields}, sort_keys=True),
+            "content_sha256": digest,
+            "suffix": _SUFFIX[kind],
+            "received_at": _now(),
+            "status": "pending",
+        }
+        try:
+            with self.engine.begin() as conn:
+                new_id = conn.execute(CONTRIBUTIONS.insert().values(**row)).inserted_primary_key[0]
+        except IntegrityError as exc:
+            raise ReviewError(f"this image (sha256 {digest[:12]}…) was already contributed to {task}") from exc
+        return self.get(int(new_id))
+
+    def get(self, contribution_id: int) -> Contribution:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(CONTRIBUTIONS).where(CONTRIBUTIONS.c.id == contribution_id)).mappings().first()
+        if row is None:
+            raise ReviewError(f"no contribution #{contribution_id}; `mlops data review list` shows them")
+        return Contribution.from_row(row)
+
+    def list(self, task: str | None = None, status: str | None = "pending") -> list[Contribution]:
+        query = sa.select(CONTRIBUTIONS).order_by(CONTRIBUTIONS.c.id)
+        if task:
+            query = query.where(CONTRIBUTIONS.c.task == task)
+        if status:
+            query = query.where(CONTRIBUTIONS.c.status == status)
+        with self.engine.connect() as conn:
+            return [Contribution.from_row(r) for r in conn.execute(query).mappings()]
+
+    def _decide(self, contribution_id: int, reviewer: str, status: str, note: str, sample_id: str | None) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                CONTRIBUTIONS.update()
+                .where(CONTRIBUTIONS.c.id == contribution_id, CONTRIBUTIONS.c.status == "pending")
+                .values(status=status, reviewed_by=reviewer, reviewed_at=_now(), review_note=note, sample_id=sample_id)
+            ).rowcount
+        if done != 1:
+            raise ReviewError(f"contribution #{contribution_id} was reviewed by someone else meanwhile")
+
+    def _pending(self, contribution_id: int) -> Contribution:
+        c = self.get(contribution_id)
+        if c.status != "pending":
+            raise ReviewError(f"contribution #{c.id} is already {c.status} (by {c.reviewed_by} at {c.reviewed_at})")
+        return c
+
+    def accept(self, contribution_id: int, reviewer: str, raw_root: Path, note: str = "") -> tuple[Contribution, Path]:
+        """Write the sample into ``raw_root/<task>`` and mark it accepted; returns it and the written file."""
+        c = self._pending(contribution_id)
+        blob = self.blob(c)
+        if not blob.is_file():
+            raise ReviewError(f"the stored file of #{c.id} is missing ({blob}); reject it and ask for a resend")
+        data = blob.read_bytes()
+        if hashlib.sha256(data).hexdigest() != c.content_sha256:
+            raise ReviewError(f"the stored file of #{c.id} no longer matches its hash ({blob}); reject it")
+        sample_id = f"contrib-{c.id:05d}-{c.content_sha256[:8]}"
+        source = f"member-{c.member}"
+        written = get_task(c.task).add_contribution(
+            Path(raw_root) / c.task, sample_id, data, c.suffix, c.claimed_label, source, c.meta
+        )
+        self._decide(c.id, reviewer, "accepted", note, sample_id)
+        return self.get(c.id), written
+
+    def reject(self, contribution_id: int, reviewer: str, note: str) -> Contribution:
+        if not note.strip():
+            raise ReviewError("say why the contribution is rejected (--reason); the member sees it")
+        c = self._pending(contribution_id)
+        self._decide(c.id, reviewer, "rejected", note, None)
+        return self.get(c.id)
+
+
+def pending(task: str, settings: Any = None) -> list[dict[str, Any]]:
+    """Pending contributions of ``task`` as plain dicts (for reports such as the data audit)."""
+    from mlops.settings import Settings
+
+    settings = settings or Settings()
+    queue = ReviewQueue(settings.resolved_service_db_uri, settings.contributions_dir)
+    return [c.__dict__ for c in queue.list(task, "pending")]
+
+
+def raw_root(dvc_file: Path = Path("data.dvc")) -> Path:
+    """Where raw datasets live: the folder ``data.dvc`` tracks (so the path is written once)."""
+    import yaml
+
+    if not dvc_file.is_file():
+        raise FileNotFoundError(f"{dvc_file} is missing: run the review from the project root (or pass --raw-dir)")
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    if not outs:
+        raise ValueError(f"{dvc_file} tracks no folder")
+    return dvc_file.parent / outs[0]["path"]

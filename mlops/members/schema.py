@@ -1,0 +1,73 @@
+"""Tables of the member service (SQLAlchemy Core; created on first use, like the alias history)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+META = sa.MetaData()
+
+API_KEYS = sa.Table(
+    "mlops_api_keys",
+    META,
+    # The public half of a key (``mlk_<key_id>_<secret>``) finds the row; only the SHA-256 of the whole key
+    # is stored, so a leaked database does not leak usable keys.
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("revoked_at", sa.String(40)),
+)
+
+REQUEST_LOG = sa.Table(
+    "mlops_request_log",
+    META,
+    # Who asked what and how it went; the upload is represented by its size and hash, never its bytes.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("member", sa.String(200)),
+    sa.Column("route", sa.String(100), nullable=False),
+    sa.Column("task", sa.String(100)),
+    sa.Column("version", sa.String(20)),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("upload_bytes", sa.Integer),
+    sa.Column("upload_sha256", sa.String(64)),
+)
+
+CONTRIBUTIONS = sa.Table(
+    "mlops_contributions",
+    META,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("member", sa.String(200), nullable=False),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("claimed_label", sa.String(100), nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),  # JSON: what the layout needs besides the label
+    sa.Column("content_sha256", sa.String(64), nullable=False),
+    sa.Column("suffix", sa.String(10), nullable=False),
+    sa.Column("received_at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | accepted | rejected
+    sa.Column("reviewed_by", sa.String(200)),
+    sa.Column("reviewed_at", sa.String(40)),
+    sa.Column("review_note", sa.Text),
+    sa.Column("sample_id", sa.String(200)),  # the id it got in data/raw when accepted
+    sa.UniqueConstraint("task", "content_sha256", name="uq_mlops_contributions_task_sha"),
+)
+
+
+@cache
+def engine(url: str) -> sa.Engine:
+    """One engine per database URL per process, with the member tables present."""
+    eng = sa.create_engine(url, pool_pre_ping=True)
+    try:
+        META.create_all(eng, checkfirst=True)
+    except (OperationalError, IntegrityError, ProgrammingError):
+        # Two processes creating the tables at once: the other one won; they exist now.
+        META.create_all(eng, checkfirst=True)
+    return eng

@@ -1,0 +1,107 @@
+"""Who may call what, how often, and the record of each call: API keys, roles, rate limits, request log.
+
+What a web application firewall gave the study's service, done in the app so every task's routes get it:
+the key and role check and the per-key token bucket run as FastAPI dependencies (in the thread pool, since
+they touch the database); the request log is a middleware that sees every guarded call, including the
+ones refused before they reached the route.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.types import ASGIApp
+
+from mlops.members.keys import AuthError, KeyStore, Member
+from mlops.members.ratelimit import RateLimiter
+from mlops.members.requestlog import RequestLog
+from mlops.settings import Settings
+
+#: Calls that are attributed to a member in the request log.
+LOGGED_PREFIXES = ("/v1/models/", "/v1/contributions", "/v1/registry/")
+ANONYMOUS = Member("anonymous", "anonymous", "member")
+
+
+class Guard:
+    def __init__(self, settings: Settings):
+        url = settings.resolved_service_db_uri
+        self.settings = settings
+        self.keys = KeyStore(url)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.log = RequestLog(url)
+
+    def check(self, request: Request, role: str) -> Member:
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if not key and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        if not key and role == "member" and not self.settings.require_api_key:
+            # Open demo mode: everyone is one anonymous member, rate-limited per client address.
+            member = ANONYMOUS
+            bucket = f"anonymous@{request.client.host if request.client else '?'}"
+        else:
+            member = self.keys.authenticate(key)
+            bucket = member.key_id
+        request.state.member = member
+        member.require(role)
+        self.limiter.take(bucket)
+        return member
+
+
+def requires(role: str):
+    """A dependency that authenticates the caller, checks ``role`` and spends one rate-limit token."""
+
+    def dependency(request: Request) -> Member:
+        return request.app.state.guard.check(request, role)
+
+    return Annotated[Member, Depends(dependency)]
+
+
+MemberCaller = requires("member")
+StewardCaller = requires("steward")
+AdminCaller = requires("admin")
+
+
+def note_call(request: Request, **fields: Any) -> None:
+    """What the route learned (task, version, upload size and hash) for the request log."""
+    request.state.call = {**getattr(request.state, "call", {}), **fields}
+
+
+class RequestLogMiddleware:
+    """Pure ASGI middleware (no body buffering): one log row per guarded call, after the response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(LOGGED_PREFIXES) or scope["method"] == "GET":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), {"code": 500}
+
+        async def capture(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            state = scope.get("state", {})
+            member: Member | None = state.get("member")
+            call = state.get("call", {})
+            guard: Guard | None = getattr(scope["app"].state, "guard", None)
+            if guard is not None:
+                guard.log.record(
+                    key_id=member.key_id if member else None,
+                    member=member.name if member else None,
+                    route=scope["path"][:100],
+                    status=status["code"],
+                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                    **call,
+                )
+
+
+__all__ = ["AuthError", "Guard", "RequestLogMiddleware", "requires", "note_call"]

@@ -1,0 +1,104 @@
+"""Release actions through the service (admin role = the release role) and the registry webhook.
+
+In service mode the approver is the caller's key, not a name typed on a command line; the gates are the
+same `promote` checks as the CLI's, read from the params file the service was started with.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from mlops.members.keys import AuthError
+from mlops.serving.guard import AdminCaller, note_call
+
+router = APIRouter(prefix="/v1/registry")
+#: A signed delivery older than this is refused (MLflow's own replay window is five minutes too).
+WEBHOOK_MAX_AGE_SECONDS = 300
+
+
+class PromoteRequest(BaseModel):
+    version: str
+    reason: str
+    force: bool = False
+
+
+class RollbackRequest(BaseModel):
+    reason: str
+
+
+def _release_error(exc: Exception) -> HTTPException:
+    return HTTPException(409, detail=str(exc))
+
+
+@router.post("/{task}/promote")
+async def promote_route(task: str, body: PromoteRequest, request: Request, admin: AdminCaller) -> dict[str, Any]:
+    from mlops.config import load_params
+    from mlops.registry.history import PromotionConflict
+    from mlops.registry.release import event_json, promote
+    from mlops.registry.versions import PromotionError
+
+    settings = request.app.state.settings
+    params = load_params(settings.params_file)
+    note_call(request, task=task, version=body.version)
+    try:
+        event = await run_in_threadpool(
+            promote, task, body.version, settings, params, admin.name, body.reason, body.force
+        )
+    except (PromotionError, PromotionConflict) as exc:
+        raise _release_error(exc) from exc
+    await run_in_threadpool(request.app.state.store.refresh)
+    return event_json(event)
+
+
+@router.post("/{task}/rollback")
+async def rollback_route(task: str, body: RollbackRequest, request: Request, admin: AdminCaller) -> dict[str, Any]:
+    from mlops.registry.history import PromotionConflict
+    from mlops.registry.release import event_json, rollback
+    from mlops.registry.versions import PromotionError
+
+    note_call(request, task=task)
+    try:
+        event = await run_in_threadpool(rollback, task, request.app.state.settings, admin.name, body.reason)
+    except (PromotionError, PromotionConflict) as exc:
+        raise _release_error(exc) from exc
+    await run_in_threadpool(request.app.state.store.refresh)
+    return event_json(event)
+
+
+def verify_mlflow_signature(secret: str, headers: Any, body: bytes, now: float | None = None) -> None:
+    """Check an MLflow webhook delivery: HMAC-SHA256 of ``<delivery id>.<timestamp>.<payload>``, fresh."""
+    delivery, stamp = headers.get("x-mlflow-delivery-id"), headers.get("x-mlflow-timestamp")
+    signature = headers.get("x-mlflow-signature", "")
+    if not delivery or not stamp or not signature.startswith("v1,"):
+        raise AuthError("registry event without an MLflow webhook signature")
+    if not stamp.isdigit() or abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_SECONDS:
+        raise AuthError("registry event timestamp is missing or too old (replayed?)")
+    signed = f"{delivery}.{stamp}.{body.decode('utf-8', 'replace')}".encode()
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    if not hmac.compare_digest(signature[3:], expected):
+        raise AuthError("registry event signature does not match (wrong MLOPS_WEBHOOK_SECRET?)")
+
+
+@router.post("/events")
+async def registry_event(request: Request) -> dict[str, Any]:
+    """MLflow webhook (alias created/deleted): check the aliases now instead of at the next poll.
+
+    Signed deliveries are checked against MLOPS_WEBHOOK_SECRET; without a secret configured, the caller
+    needs an admin key (so nobody can make the service reload at will).
+    """
+    settings, guard = request.app.state.settings, request.app.state.guard
+    if settings.webhook_secret:
+        verify_mlflow_signature(settings.webhook_secret, request.headers, await request.body())
+    else:
+        await run_in_threadpool(guard.check, request, "admin")
+    store = request.app.state.store
+    swapped = await run_in_threadpool(store.refresh)
+    return {"swapped": swapped, "served": {m.task: m.version for m in store.all()}}

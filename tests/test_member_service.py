@@ -1,0 +1,435 @@
+"""The member service end to end: a real uvicorn server over a fracture champion trained by the real pipeline.
+
+Covers API keys and roles, the request log, the WAF-like limits (413, 415, 429 + Retry-After), the
+contribution queue into a new DVC data version, release actions through the service, the MLflow webhook
+(delivered by a real `mlflow server`), and the web page in Debian's headless Chromium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import BIN, ROOT, copy_repo, env_for, run
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fracture_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["tasks"] = ["fracture"]
+    section = params["fracture"]
+    section["simulate"].update(n_specimens=12, images_per_specimen=3, min_size=64, max_size=96)
+    section["validation"].update(min_images_per_class=2, min_width=32, min_height=32)
+    section["input"].update(size=32)
+    section["augment"]["copies"] = 1
+    section["train"].update(epochs=2, patience=2)
+    section["gates"].update(min={"test_accuracy": 0.0}, max={})
+    return {k: params[k] for k in ("base", "tasks", "sweep", "fracture")}
+
+
+def fracture_experiment() -> dict:
+    exp = yaml.safe_load((ROOT / "experiments" / "fracture.yaml").read_text())
+    exp["budget"] = {"n_trials": 1, "epochs_per_trial": 1}
+    exp["sampler"] = {"type": "random"}
+    return exp
+
+
+def wait_ready(base: str, proc: subprocess.Popen, path: str = "/readyz", seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"server died:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """Tiny fracture pipeline in a temp repo, its champion served with a webhook secret and tight limits."""
+    repo = tmp_path_factory.mktemp("member-repo")
+    copy_repo(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(fracture_params(), sort_keys=False))
+    (repo / "experiments" / "fracture.yaml").write_text(yaml.safe_dump(fracture_experiment(), sort_keys=False))
+    env = env_for(repo / ".mlops")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run(["git", "init", "-q"], repo, env)
+    run(["mlops", "data", "simulate", "--out", "data/raw"], repo, env)
+    (repo / "data.dvc").write_text("outs:\n- path: data/raw\n")
+    run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)
+    run(["dvc", "repro"], repo, env)
+    run([*git, "add", "-A"], repo, env)
+    run([*git, "commit", "-qm", "tiny fracture"], repo, env)
+    promote = ["mlops", "registry", "promote", "fracture", "challenger", "--approver", "t", "--reason", "first"]
+    run(promote, repo, env)
+
+    keys = {}
+    for name, role in (("acme", "member"), ("steve", "steward"), ("ada", "admin"), ("other", "member")):
+        keys[name] = run(["mlops", "keys", "issue", name, "--role", role], repo, env).stdout.strip().splitlines()[-1]
+
+    env.update(
+        MLOPS_MAX_UPLOAD_BYTES="200000",
+        MLOPS_MAX_IMAGE_PIXELS=str(1024 * 1024),
+        MLOPS_ALIAS_POLL_SECONDS="0",  # alias moves reach this server only by webhook or its own routes
+        MLOPS_WEBHOOK_SECRET="s3cret",
+        MLOPS_RATE_LIMIT_PER_MINUTE="60",
+        MLOPS_RATE_LIMIT_BURST="6",
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlops"), "serve", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base, proc)
+    yield {"base": base, "repo": repo, "env": env, "keys": keys}
+    stop(proc)
+
+
+def new_key(service, name: str, role: str = "member") -> str:
+    out = run(["mlops", "keys", "issue", name, "--role", role], service["repo"], service["env"])
+    return out.stdout.strip().splitlines()[-1]
+
+
+def fractograph(seed: int = 0) -> bytes:
+    """A PNG of the simulator's fatigue texture (each seed a different file)."""
+    from mlops.tasks.fracture.simulate import Imaging, render
+
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(
+        render(rng, "fatigue", 96, Imaging(scale=1.0, mean=128, contrast=40, noise_std=0.2, blur_sigma=0.5))
+    )
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def predict(service, key: str | None, data: bytes, ctype: str = "image/png") -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.post(
+        f"{service['base']}/v1/models/fracture/predict",
+        files={"file": ("x.png", data, ctype)},
+        headers=headers,
+        timeout=60,
+    )
+
+
+def test_member_key_predicts_and_the_call_is_logged_without_image_bytes(service):
+    from mlops.members.requestlog import RequestLog
+    from mlops.settings import Settings
+
+    data = fractograph(1)
+    r = predict(service, service["keys"]["acme"], data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["member"] == "acme" and body["class"] in {*body["probabilities"], "unknown"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-3 and body["heatmap_png"]
+
+    settings = Settings(home=service["env"]["MLOPS_HOME"])
+    log = RequestLog(settings.resolved_service_db_uri)
+    deadline, rows = time.time() + 10, []
+    while time.time() < deadline and not rows:
+        rows = [r for r in log.rows("acme") if r["route"] == "/v1/models/fracture/predict"]
+        time.sleep(0.3)
+    log.close()
+    assert rows, "the predict call never reached the request log"
+    row = rows[0]
+    assert row["status"] == 200 and row["task"] == "fracture" and row["version"] == body["version"]
+    assert row["upload_sha256"] == hashlib.sha256(data).hexdigest() and row["upload_bytes"] == len(data)
+    assert set(row) == {
+        "id",
+        "at",
+        "key_id",
+        "member",
+        "route",
+        "task",
+        "version",
+        "status",
+        "latency_ms",
+        "upload_bytes",
+        "upload_sha256",
+    }
+
+
+def test_missing_wrong_and_revoked_keys_are_refused(service):
+    assert predict(service, None, fractograph()).status_code == 401
+    r = predict(service, "mlk_000000000000_not-a-key", fractograph())
+    assert r.status_code == 401 and "unknown API key" in r.json()["detail"]
+    key = new_key(service, "leaver")
+    assert predict(service, key, fractograph()).status_code == 200
+    key_id = key.split("_")[1]
+    run(["mlops", "keys", "revoke", key_id], service["repo"], service["env"])
+    r = predict(service, key, fractograph())
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("data", "ctype", "status", "words"),
+    [
+        (b"x" * 250_000, "image/png", 413, "limit of 200000 bytes"),
+        (b"hello, not an image", "text/plain", 415, "not accepted"),
+        (b"hello, not an image", "image/png", 415, "first bytes"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 422, "corrupt"),
+    ],
+)
+def test_limits_answer_4xx_with_a_clear_message(service, data, ctype, status, words):
+    r = predict(service, new_key(service, f"limits-{status}-{len(data)}"), data, ctype)
+    assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def test_decompression_bomb_is_refused_by_dimensions(service):
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, format="PNG")  # tiny file, 16 Mpx > the 1 Mpx limit
+    r = predict(service, new_key(service, "bomber"), buf.getvalue())
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+def test_a_flood_from_one_key_gets_429_with_retry_after_and_other_keys_are_unaffected(service):
+    flooder, bystander = new_key(service, "flooder"), new_key(service, "bystander")
+    statuses, retry = [], None
+    with httpx.Client(timeout=60) as http:
+        for _ in range(12):
+            r = http.get(f"{service['base']}/v1/me", headers={"X-API-Key": flooder})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                retry = r.headers.get("retry-after")
+        assert 429 in statuses and statuses[:6] == [200] * 6, statuses
+        assert retry is not None and int(retry) >= 1
+        assert http.get(f"{service['base']}/v1/me", headers={"X-API-Key": bystander}).status_code == 200
+
+
+def contribute(service, key: str, data: bytes, label: str = "fatigue", magnification: str = "500") -> httpx.Response:
+    return httpx.post(
+        f"{service['base']}/v1/contributions/fracture",
+        files={"file": ("c.png", data, "image/png")},
+        data={"label": label, "magnification": magnification},
+        headers={"X-API-Key": key},
+        timeout=60,
+    )
+
+
+def test_contribution_review_roles_and_new_data_version(service):
+    """Member contributes -> a member cannot review -> steward accepts -> `dvc commit` -> validated version."""
+    repo, env, keys = service["repo"], service["env"], service["keys"]
+    data = fractograph(7)
+    bad = contribute(service, keys["acme"], data, label="rust")
+    assert bad.status_code == 422 and "unknown label" in bad.json()["detail"]
+    r = contribute(service, keys["acme"], data)
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    again = contribute(service, keys["other"], data)
+    assert again.status_code == 422 and "already contributed" in again.json()["detail"]
+
+    listing = httpx.get(f"{service['base']}/v1/contributions", headers={"X-API-Key": keys["acme"]}, timeout=30)
+    assert listing.status_code == 403 and "steward" in listing.json()["detail"]
+    listing = httpx.get(f"{service['base']}/v1/contributions", headers={"X-API-Key": keys["steve"]}, timeout=30)
+    assert [c["id"] for c in listing.json()["contributions"]] == [cid]
+    image = httpx.get(f"{service['base']}/v1/contributions/{cid}/image", headers={"X-API-Key": keys["steve"]})
+    assert hashlib.sha256(image.content).hexdigest() == r.json()["content_sha256"]
+
+    raw = repo / "data" / "raw" / "fracture"
+    before_rows = len((raw / "labels.csv").read_text().splitlines())
+    md5_before = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    refused = run(["mlops", "data", "review", "accept", str(cid), "--key", keys["acme"]], repo, env, check=False)
+    assert refused.returncode == 2 and "needs 'steward'" in refused.stdout + refused.stderr
+    assert len((raw / "labels.csv").read_text().splitlines()) == before_rows  # nothing written
+
+    run(
+        ["mlops", "data", "review", "accept", str(cid), "--key", keys["steve"], "--note", "clear striations"], repo, env
+    )
+    rows = (raw / "labels.csv").read_text().splitlines()
+    assert len(rows) == before_rows + 1 and rows[-1].startswith(f"contrib-{cid:05d}-") and ",fatigue," in rows[-1]
+    assert ",member-acme,500" in rows[-1]
+    twice = run(["mlops", "data", "review", "accept", str(cid), "--key", keys["steve"]], repo, env, check=False)
+    assert twice.returncode == 2 and "already accepted" in twice.stdout + twice.stderr
+
+    run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)
+    md5_after = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert md5_after != md5_before
+    run(["dvc", "repro", "--single-item", "validate@fracture"], repo, env)
+    report = json.loads((repo / "reports" / "fracture" / "validation.json").read_text())
+    assert report["success"] and report["n_samples"] == before_rows  # header line + old rows = old rows + 1
+
+
+def test_reject_needs_a_reason_and_keeps_the_record(service):
+    repo, env, keys = service["repo"], service["env"], service["keys"]
+    cid = contribute(service, keys["other"], fractograph(11), label="intergranular").json()["id"]
+    no_reason = run(["mlops", "data", "review", "reject", str(cid), "--key", keys["steve"]], repo, env, check=False)
+    assert no_reason.returncode == 2 and "say why" in no_reason.stdout + no_reason.stderr
+    run(["mlops", "data", "review", "reject", str(cid), "--key", keys["steve"], "--reason", "not SEM"], repo, env)
+    listed = json.loads(run(["mlops", "data", "review", "list", "--status", "all", "--json"], repo, env).stdout)
+    record = next(c for c in listed if c["id"] == cid)
+    assert record["status"] == "rejected" and record["reviewed_by"] == "steve" and record["review_note"] == "not SEM"
+
+
+def test_release_through_the_service_needs_the_admin_role(service):
+    from mlflow import MlflowClient
+
+    from mlops.settings import Settings
+    from mlops.tracking.runs import connect
+
+    base, keys = service["base"], service["keys"]
+    os.environ["MLOPS_HOME"] = service["env"]["MLOPS_HOME"]
+    try:
+        connect(Settings())
+        client = MlflowClient()
+        v1 = client.get_model_version_by_alias("fracture", "champion")
+        v2 = client.create_model_version("fracture", v1.source, run_id=v1.run_id, tags=v1.tags)
+    finally:
+        os.environ.pop("MLOPS_HOME")
+    body = {"version": str(v2.version), "reason": "same weights, new version"}
+    r = httpx.post(f"{base}/v1/registry/fracture/promote", json=body, headers={"X-API-Key": keys["steve"]})
+    assert r.status_code == 403 and "admin" in r.json()["detail"]
+    r = httpx.post(f"{base}/v1/registry/fracture/promote", json=body, headers={"X-API-Key": keys["ada"]}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["actor"] == "ada" and r.json()["to_version"] == str(v2.version)
+    assert predict(service, new_key(service, "after-promote"), fractograph()).json()["version"] == str(v2.version)
+    r = httpx.post(
+        f"{base}/v1/registry/fracture/rollback",
+        json={"reason": "back"},
+        headers={"X-API-Key": keys["ada"]},
+        timeout=120,
+    )
+    assert r.status_code == 200 and r.json()["to_version"] == str(v1.version)
+    r = httpx.post(
+        f"{base}/v1/registry/fracture/rollback",
+        json={"reason": "again"},
+        headers={"X-API-Key": keys["ada"]},
+        timeout=60,
+    )
+    assert r.status_code == 409 and "no previous champion" in r.json()["detail"]
+
+
+def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
+    """A real `mlflow server` on the same store delivers a signed alias event; the service swaps at once."""
+    from mlflow import MlflowClient
+
+    base, env = service["base"], dict(service["env"])
+    unsigned = httpx.post(f"{base}/v1/registry/events", json={"entity": "model_version_alias"}, timeout=30)
+    assert unsigned.status_code == 401 and "signature" in unsigned.json()["detail"]
+
+    port = free_port()
+    env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+    db = Path(env["MLOPS_HOME"]) / "mlflow.db"
+    mlflow_server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", mlflow_server, "/health")
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+        client.create_webhook(
+            name="mlops-service",
+            url=f"{base}/v1/registry/events",
+            events=["model_version_alias.created"],
+            secret="s3cret",
+        )
+        served = httpx.get(f"{base}/v1/models", timeout=30).json()["models"][0]["version"]
+        versions = [mv.version for mv in client.search_model_versions("name='fracture'")]
+        target = next(v for v in versions if str(v) != served)
+        client.set_registered_model_alias("fracture", "champion", target)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            now = httpx.get(f"{base}/v1/models", timeout=30).json()["models"][0]["version"]
+            if now == str(target):
+                break
+            time.sleep(0.3)
+        assert now == str(target), "the webhook never reached the service"
+        client.set_registered_model_alias("fracture", "champion", served)  # leave the store as found
+        httpx.post(f"{base}/v1/registry/events", headers={"X-API-Key": service["keys"]["ada"]}, timeout=60)
+    finally:
+        stop(mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed for the web page test: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_web_page_signs_in_uploads_and_shows_the_answer_and_heat_map(service, browser, tmp_path):
+    good = tmp_path / "fractograph.png"
+    good.write_bytes(fractograph(3))
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"these are notes, not an image")
+    page = browser.new_page()
+    page.goto(service["base"] + "/")
+    page.fill("#key", "mlk_000000000000_wrong")
+    page.click("#signin-button")
+    page.wait_for_selector("#whoami.error")
+    assert "unknown API key" in page.inner_text("#whoami")
+
+    page.fill("#key", new_key(service, "web-user"))
+    page.click("#signin-button")
+    page.wait_for_selector("#analyse:not(.hidden)")
+    assert "Signed in as web-user (member)" in page.inner_text("#whoami")
+    page.set_input_files("#file", str(good))
+    page.click("#analyse-button")
+    page.wait_for_selector("#result:not(.hidden)")
+    answer = page.inner_text("#answer")
+    assert answer in {"fatigue", "ductile_overload", "brittle_cleavage", "intergranular", "unknown"}
+    assert page.locator("#probs tr").count() == 4
+    assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") > 0  # the heat map really rendered
+
+    page.set_input_files("#file", str(bad))
+    page.click("#analyse-button")
+    page.wait_for_selector("#error:not(.hidden)")
+    assert "415" in page.inner_text("#error") and "PNG or JPEG" in page.inner_text("#error")
+    assert page.locator("#result.hidden").count() == 1
+
+    page.set_input_files("#file", str(good))
+    page.select_option("#claim", "fatigue")
+    page.fill("#field-magnification", "750")
+    page.click("#contribute-button")
+    page.wait_for_selector("#contribute-status.ok")
+    assert "waiting for review" in page.inner_text("#contribute-status")
+    page.close()
