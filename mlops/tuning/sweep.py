@@ -53,6 +53,15 @@ class SweepJob:
     seed: int
     #: lineage tags computed by the launcher; a cluster pod has neither git nor the validation report
     lineage: dict[str, str] | None = None
+    #: log to MLflow (parent and child runs, lineage); off only to measure the tracking overhead (bench/)
+    track: bool = True
+
+
+class _Untracked:
+    """Stands in for the ``mlflow`` module in an untracked sweep: every logging call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
 
 def study_name_for(task: str, arm: str, exp: Experiment, params: Params, prepared_dir: Path) -> str:
@@ -146,12 +155,15 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
     prepared = Path(job.prepared_dir)
     train, val = task.dataset(prepared, "train"), task.dataset(prepared, "val")
     monitor, mode = monitored_metric(exp)
-    if job.lineage:
-        tags = dict(job.lineage)
+    if not job.track:
+        mlflow, tags, exp_id = _Untracked(), {}, ""
     else:
-        report = Path(job.validation_report)
-        tags = lineage_tags(job.task, Path(job.raw_dir), prepared, params.digest(job.task), report, job.study_name)
-    exp_id = experiment_id(settings, job.task)
+        if job.lineage:
+            tags = dict(job.lineage)
+        else:
+            report = Path(job.validation_report)
+            tags = lineage_tags(job.task, Path(job.raw_dir), prepared, params.digest(job.task), report, job.study_name)
+        exp_id = experiment_id(settings, job.task)
 
     def objective(trial: optuna.Trial) -> float:
         fixed, space = exp.arm_space(job.arm)
@@ -161,7 +173,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         # A retry of a trial whose worker died is the same trial: same seed, checkpoint and MLflow run.
         root = retried_trial_number(this)
         root = trial.number if root is None else root
-        run = _start_trial_run(job, exp_id, tags, trial.number, root)
+        run = _start_trial_run(job, exp_id, tags, trial.number, root) if job.track else None
         try:
             if root == trial.number:
                 mlflow.log_params(hp)
@@ -184,7 +196,8 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
             checkpoint = settings.checkpoint_dir / job.study_name / f"trial-{root}.pt"
-            _report_checkpointed_epochs(trial, this, checkpoint, exp.objective.metric)
+            if job.track:
+                _report_checkpointed_epochs(trial, this, checkpoint, exp.objective.metric)
             result = fit(task, model, train, val, cfg, checkpoint=checkpoint, on_epoch=on_epoch)
             mlflow.log_metric(f"best_{exp.objective.metric}", result.best_value)
             mlflow.set_tag("optuna.state", "COMPLETE")
@@ -367,15 +380,21 @@ def run_sweep(
     experiments_dir: Path = Path("experiments"),
     show_progress: bool = True,
     arm: str = "default",
+    track: bool = True,
 ) -> SweepResult:
-    """Sweep one arm of the experiment: its own study and MLflow parent run, ``n_trials`` trials."""
+    """Sweep one arm of the experiment: its own study and MLflow parent run, ``n_trials`` trials.
+
+    ``track=False`` logs nothing to MLflow (no runs, no lineage): only for measuring the tracking overhead.
+    """
     import mlflow
 
     connect(settings)
     study_name = study_name_for(task_name, arm, exp, params, prepared_dir)
-    tags = lineage_tags(task_name, raw_dir, prepared_dir, params.digest(task_name), validation_report, study_name)
-    parent = _start_parent_run(settings, task_name, study_name, tags)
-    mlflow.set_tag(f"{TAG}arm", arm)
+    parent_id = ""
+    if track:
+        tags = lineage_tags(task_name, raw_dir, prepared_dir, params.digest(task_name), validation_report, study_name)
+        parent_id = _start_parent_run(settings, task_name, study_name, tags).info.run_id
+        mlflow.set_tag(f"{TAG}arm", arm)
     job = SweepJob(
         task=task_name,
         arm=arm,
@@ -384,10 +403,11 @@ def run_sweep(
         prepared_dir=str(prepared_dir),
         raw_dir=str(raw_dir),
         validation_report=str(validation_report),
-        parent_run_id=parent.info.run_id,
+        parent_run_id=parent_id,
         params_path=str(params.path),
         experiments_dir=str(experiments_dir),
         seed=params.base.seed,
+        track=track,
     )
     try:
         result = _run_workers(job, exp, workers, show_progress)
@@ -411,10 +431,10 @@ def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bo
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"{len(bad)} sweep worker(s) failed (exit codes {bad}); see their output above")
-    return summarize_study(study, exp, job.arm, job.parent_run_id)
+    return summarize_study(study, exp, job.arm, job.parent_run_id, log=job.track)
 
 
-def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: str) -> SweepResult:
+def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: str, log: bool = True) -> SweepResult:
     """The finished study's best trial and counts, logged with its plots to the active (parent) run."""
     import mlflow
 
@@ -437,6 +457,8 @@ def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: s
         n_pruned=sum(t.state == TrialState.PRUNED for t in finished),
         n_failed=sum(t.state == TrialState.FAIL for t in finished),
     )
+    if not log:
+        return result
     mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
     mlflow.log_metrics(
         {

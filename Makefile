@@ -1,0 +1,33 @@
+# Benchmarks (see docs/benchmarks.md). Each target runs one benchmark and rewrites its block of
+# docs/benchmarks.md; `make bench` runs all of them but the main command (20-30 min: `make bench-main`).
+# BENCH_ARGS is passed on, e.g. `make bench BENCH_ARGS=--quick` or `BENCH_ARGS="--home .mlops"`;
+# BENCH_NOTE is written under each block (e.g. what else ran on the machine).
+PYTHON ?= .venv/bin/python
+BENCH = $(PYTHON) -m bench
+BENCH_ARGS ?=
+
+.PHONY: bench bench-serving bench-overhead bench-tracking bench-pruning bench-workers bench-pipeline bench-main
+
+bench:
+	$(BENCH) all $(BENCH_ARGS)
+
+bench-serving:
+	$(BENCH) serving $(BENCH_ARGS)
+
+bench-overhead:
+	$(BENCH) overhead $(BENCH_ARGS)
+
+bench-tracking:
+	$(BENCH) tracking $(BENCH_ARGS)
+
+bench-pruning:
+	$(BENCH) pruning $(BENCH_ARGS)
+
+bench-workers:
+	$(BENCH) workers $(BENCH_ARGS)
+
+bench-pipeline:
+	$(BENCH) pipeline $(BENCH_ARGS)
+
+bench-main:
+	$(BENCH) main $(BENCH_ARGS)

@@ -1,0 +1,89 @@
+"""``python -m bench NAME [NAME ...]``: run benchmarks, print their tables, rewrite their docs/benchmarks.md blocks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+BENCHMARKS = {
+    "serving": "1. our service vs `mlflow models serve`: req/s, p50, p99 at 1, 8, 32 clients (fume_hood, fracture)",
+    "overhead": "2. batch-1 request latency vs the bare forward pass; what batching would gain",
+    "tracking": "3. the same sweep with MLflow logging on vs off",
+    "pruning": "4. the same sampler and budget with and without the pruner",
+    "workers": "5. 1 vs 2 local sweep workers: trials per hour",
+    "pipeline": "6. `dvc repro` no-op and after one augmentation change, vs the full repro",
+    "main": "6b. the whole main command (./run.sh) in a fresh clone: 20-30 min, not part of `all`",
+}
+ALL = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmarks, each a ratio against a baseline measured in the same run; results go to "
+        "docs/benchmarks.md.",
+        epilog="\n".join(f"  {name:9} {text}" for name, text in BENCHMARKS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", choices=[*BENCHMARKS, "all"], help="benchmarks, or all")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="serve the champions of this existing MLflow store (e.g. .mlops/ after ./run.sh) instead of building a "
+        "tiny pipeline store (serving, overhead)",
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter measurements and budgets (for trying it out)")
+    parser.add_argument("--out", type=Path, help="the Markdown file to update (default docs/benchmarks.md)")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument(
+        "--note",
+        default=os.environ.get("BENCH_NOTE", ""),
+        help="a sentence written under each block's machine line, e.g. what else ran on the machine (env BENCH_NOTE)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    names = list(dict.fromkeys(ALL if "all" in args.names else args.names))
+
+    from bench import report
+
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    out = args.out or report.DOC
+    started = time.perf_counter()
+    store = None
+    sweep_data = None
+    for name in names:
+        if name in ("serving", "overhead"):
+            if store is None:
+                from bench.fixture import existing_store, tiny_pipeline
+
+                store = existing_store(args.home) if args.home else tiny_pipeline()
+            from bench import serving
+
+            section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
+        elif name in ("tracking", "pruning", "workers"):
+            from bench import sweeps
+
+            if sweep_data is None:
+                sweep_data = sweeps.sweep_data(Path(tempfile.mkdtemp(prefix="mlops-bench-sweeps-")), args.quick)
+            section = getattr(sweeps, f"bench_{name}")(args.quick, sweep_data)
+        elif name == "pipeline":
+            from bench.pipeline import bench_pipeline
+
+            section = bench_pipeline(args.quick, store)
+        else:
+            from bench.pipeline import bench_main
+
+            section = bench_main()
+        if not args.no_write:
+            report.write(section, out, args.note)
+    print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

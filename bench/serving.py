@@ -1,0 +1,404 @@
+"""Benchmarks 1 and 2: our service vs `mlflow models serve`, and the service vs the bare model.
+
+1. ``serving``: the same registered champion of each task served by ``mlops serve`` (multipart upload of a
+   PNG/JPEG: decode, preprocess, forward, Grad-CAM, heat-map PNG) and by ``mlflow models serve
+   --env-manager local`` (JSON ``{"inputs": ...}`` of the already preprocessed tensor: forward only, since
+   the pyfunc's input is the model tensor). A load generator in its own process on loopback holds 1, 8
+   and 32 concurrent clients; ratios are ours / MLflow's.
+2. ``overhead``: p50 of a batch-1 request against the bare ``model(x)`` forward pass in this process, with
+   the in-process steps in between, and what batching N inputs into one forward would gain (the service
+   does not batch requests together).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.fixture import BIN, TASKS, Store, run
+from bench.report import Section, median, percentile, ratio
+
+CONCURRENCY = (1, 8, 32)
+#: rate limit of the benchmark's API key: never the bottleneck
+RATE_LIMIT = "100000000"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str, logdir: Path) -> Iterator[str]:
+    """Start a server process, wait until ``ready`` answers 200, yield its base URL, stop it."""
+    log = (logdir / f"{name}.log").open("w")
+    port = free_port()
+    cmd = [c.replace("{port}", str(port)) for c in cmd]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + ready, timeout=5).status_code == 200:
+                    break
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{name} did not start; its log:\n{(logdir / f'{name}.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def our_service(store: Store, logdir: Path) -> contextlib.AbstractContextManager[str]:
+    env = {**store.env, "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT}
+    cmd = [str(BIN / "mlops"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    return server("mlops-serve", cmd, env, store.repo, "/readyz", logdir)
+
+
+def mlflow_server(store: Store, task: str, logdir: Path) -> contextlib.AbstractContextManager[str]:
+    env = {**store.env, "MLFLOW_TRACKING_URI": store.tracking_uri, "MLFLOW_REGISTRY_URI": store.tracking_uri}
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{task}@champion", "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
+    return server(f"mlflow-serve-{task}", cmd, env, store.repo, "/ping", logdir)
+
+
+def api_key_headers(store: Store) -> tuple[dict[str, str], str]:
+    """``X-API-Key`` of a fresh member key when the service has ``mlops keys``; else no header."""
+    probe = subprocess.run(
+        [str(BIN / "mlops"), "keys", "--help"], cwd=store.repo, env=store.env, capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        return {}, "no API key sent (this version of the service has no `mlops keys`)"
+    proc = run(
+        [str(BIN / "mlops"), "keys", "issue", f"bench-{int(time.time())}", "--role", "member"], store.repo, store.env
+    )
+    key = proc.stdout.strip().splitlines()[-1].strip()
+    return {"X-API-Key": key}, "requests carry an `X-API-Key` issued by `mlops keys issue` (rate limit lifted)"
+
+
+# --- what the clients send ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One task's input: the upload our service takes and the tensor MLflow's server takes."""
+
+    task: str
+    upload: bytes
+    content_type: str
+    filename: str
+    tensor: np.ndarray
+    predictor: object
+    model_name: str
+
+
+def _sample_image(task: str, folder: Path) -> Path:
+    """A realistic upload for an image task, from the task's own simulator at the default params' size."""
+    if task == "fume_hood":
+        from mlops.tasks.fume_hood.simulate import simulate_photos
+
+        simulate_photos(folder, n_photos=6, n_labs=2, width=640, height=480, rater_noise=0.3, seed=7)
+    elif task == "fracture":
+        from mlops.tasks.fracture.simulate import simulate_fractographs
+
+        simulate_fractographs(folder, 4, 1, 160, 256, (80, 175), (28, 55), 0.5, 1.2, seed=7)
+    else:
+        raise ValueError(f"no sample upload for {task}")
+    return sorted((folder / "images").glob("*"))[0]
+
+
+def _preprocess(task: str, predictor, data: bytes) -> np.ndarray:
+    """The service's own preprocessing of the upload, so MLflow's server gets the same model input."""
+    from mlops.inference.images import decode_image, to_gray_input
+
+    image = decode_image(data)
+    if task == "fume_hood":
+        gray = to_gray_input(image, predictor.width, predictor.height)
+    else:
+        from mlops.tasks.fracture.inference import square_gray_input
+
+        gray = square_gray_input(image, predictor.size)
+    return np.ascontiguousarray(gray[None, None], dtype=np.float32)
+
+
+def load_champion(store: Store, task: str):
+    """The champion's predictor, loaded through its pyfunc exactly as the service loads it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store.tracking_uri)
+    mlflow.set_registry_uri(store.tracking_uri)
+    return mlflow.pyfunc.load_model(f"models:/{task}@champion").unwrap_python_model().predictor
+
+
+def champion_tasks(store: Store, wanted: tuple[str, ...] = TASKS) -> tuple[list[str], list[str]]:
+    """(tasks with a champion among ``wanted``, notes on the rest)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    found, notes = [], []
+    for task in wanted:
+        try:
+            client.get_model_version_by_alias(task, "champion")
+            found.append(task)
+        except MlflowException:
+            notes.append(f"{task}: no champion in {store.home}, not benchmarked")
+    return found, notes
+
+
+def samples(store: Store, tasks: list[str], folder: Path) -> dict[str, Sample]:
+    out = {}
+    for task in tasks:
+        path = _sample_image(task, folder / task)
+        data = path.read_bytes()
+        predictor = load_champion(store, task)
+        ctype = "image/png" if path.suffix == ".png" else "image/jpeg"
+        tensor = _preprocess(task, predictor, data)
+        out[task] = Sample(task, data, ctype, path.name, tensor, predictor, type(predictor.model).__name__)
+    return out
+
+
+# --- load -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    errors: int
+
+
+def load(url: str, concurrency: int, duration: float, warmup: float, body: Path, **spec) -> Load:
+    """Run the load generator in its own process and summarise its latencies."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(
+            {"url": url, "concurrency": concurrency, "duration": duration, "warmup": warmup}
+            | {"body": str(body)}
+            | spec,
+            f,
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", f.name], capture_output=True, text=True, timeout=duration * 4 + 300
+    )
+    Path(f.name).unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        print(f"  {result['errors']} failed requests at {url}, e.g. {result['error_sample']}", flush=True)
+    lat = result["latencies_ms"]
+    return Load(result["rps"], percentile(lat, 50), percentile(lat, 99), result["requests"], result["errors"])
+
+
+def _bodies(sample: Sample, folder: Path) -> tuple[Path, Path]:
+    upload = folder / f"{sample.task}-upload"
+    upload.write_bytes(sample.upload)
+    inputs = folder / f"{sample.task}-inputs.json"
+    inputs.write_text(json.dumps({"inputs": sample.tensor.tolist()}))
+    return upload, inputs
+
+
+def _check_answers(ours: str, theirs: str, sample: Sample, headers: dict[str, str]) -> float:
+    """Both servers answer the sample; the max difference of MLflow's output from the in-process model."""
+    files = {"file": (sample.filename, sample.upload, sample.content_type)}
+    resp = httpx.post(f"{ours}/v1/models/{sample.task}/predict", files=files, headers=headers, timeout=60)
+    if resp.status_code != 200:
+        raise RuntimeError(f"our service answered {resp.status_code}: {resp.text[:500]}")
+    resp = httpx.post(f"{theirs}/invocations", json={"inputs": sample.tensor.tolist()}, timeout=60)
+    if resp.status_code != 200:
+        raise RuntimeError(f"mlflow models serve answered {resp.status_code}: {resp.text[:500]}")
+    got = np.asarray(resp.json()["predictions"], dtype=np.float32)
+    return float(np.abs(got - sample.predictor.predict_array(sample.tensor)).max())
+
+
+def bench_serving(store: Store, quick: bool = False) -> Section:
+    section = Section("serving", "1. Serving: our service vs `mlflow models serve` (same champion)")
+    duration, warmup = (3.0, 1.0) if quick else (10.0, 2.0)
+    tasks, skipped = champion_tasks(store)
+    for note in skipped:
+        section.note(note)
+    headers, key_note = api_key_headers(store)
+    work = Path(tempfile.mkdtemp(prefix="mlops-bench-serving-"))
+    table = section.table(
+        f"requests/s and latency (ms) at N concurrent clients, {duration:.0f} s each after {warmup:.0f} s warm-up",
+        [
+            "task",
+            "clients",
+            "ours req/s",
+            "MLflow req/s",
+            "req/s ours/MLflow",
+            "ours p50",
+            "MLflow p50",
+            "p50 ours/MLflow",
+            "ours p99",
+            "MLflow p99",
+            "p99 ours/MLflow",
+            "failed (ours/MLflow)",
+        ],
+    )
+    by_task = samples(store, tasks, work)
+    with our_service(store, work) as ours:
+        for task, sample in by_task.items():
+            upload, inputs = _bodies(sample, work)
+            with mlflow_server(store, task, work) as theirs:
+                diff = _check_answers(ours, theirs, sample, headers)
+                section.note(
+                    f"{task}: champion `{sample.model_name}`, upload {len(sample.upload) / 1024:.0f} KiB "
+                    f"{sample.content_type}, model input {tuple(sample.tensor.shape)}; MLflow's answer differs from "
+                    f"the in-process model by at most {diff:.1e}"
+                )
+                ours_spec = dict(
+                    url=f"{ours}/v1/models/{task}/predict",
+                    body=upload,
+                    kind="upload",
+                    content_type=sample.content_type,
+                    filename=sample.filename,
+                    headers=headers,
+                )
+                theirs_spec = dict(
+                    url=f"{theirs}/invocations", body=inputs, kind="json", content_type="application/json"
+                )
+                for i, clients in enumerate(CONCURRENCY):
+                    specs = {"ours": ours_spec, "mlflow": theirs_spec}
+                    order = ("ours", "mlflow") if i % 2 == 0 else ("mlflow", "ours")  # neither always goes first
+                    got = {
+                        name: load(concurrency=clients, duration=duration, warmup=warmup, **specs[name])
+                        for name in order
+                    }
+                    a, b = got["ours"], got["mlflow"]
+                    table.add(
+                        task,
+                        clients,
+                        a.rps,
+                        b.rps,
+                        ratio(a.rps, b.rps),
+                        a.p50,
+                        b.p50,
+                        ratio(a.p50, b.p50),
+                        a.p99,
+                        b.p99,
+                        ratio(a.p99, b.p99),
+                        f"{a.errors}/{b.errors}",
+                    )
+    section.note(
+        "Not the same work per request: our route takes the image file and decodes, preprocesses, runs the forward "
+        "pass, a Grad-CAM backward pass and encodes a heat-map PNG; MLflow's pyfunc server takes the preprocessed "
+        "tensor as JSON and runs the forward pass only (the pyfunc's input is the model tensor, so it cannot take the "
+        "image). Benchmark 2 splits our latency into these steps."
+    )
+    section.note(
+        "Both are one uvicorn process with torch's default threads; our service runs model compute one request at a "
+        "time (a lock), MLflow's runs requests in a thread pool. The load generator (async httpx, one process) shares "
+        f"the same cores. {key_note}."
+    )
+    return section
+
+
+# --- benchmark 2 ----------------------------------------------------------------------------------------
+
+
+def timings(fn: Callable[[], object], seconds: float, min_reps: int = 30, warmup: int = 10) -> list[float]:
+    """Wall times (ms) of repeated calls: at least ``min_reps``, else for about ``seconds``."""
+    for _ in range(warmup):
+        fn()
+    out: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(out) < min_reps or time.perf_counter() < end:
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def bench_overhead(store: Store, quick: bool = False) -> Section:
+    import torch
+
+    section = Section("overhead", "2. Serving vs the bare model (batch-1 latency, batching)")
+    seconds = 1.5 if quick else 4.0
+    duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
+    tasks, skipped = champion_tasks(store)
+    for note in skipped:
+        section.note(note)
+    headers, key_note = api_key_headers(store)
+    work = Path(tempfile.mkdtemp(prefix="mlops-bench-overhead-"))
+    steps = section.table(
+        "p50 latency (ms) of one input, each step against the bare forward pass `model(x)` measured in this process",
+        ["task", "what", "p50 ms", "× bare forward"],
+    )
+    batching = section.table(
+        "forward throughput (inputs/s) in this process: N batch-1 forwards vs one forward of a batch of N",
+        ["task", "N", "batch-1 × N inputs/s", "one batch of N inputs/s", "batched / batch-1"],
+    )
+    by_task = samples(store, tasks, work)
+    with our_service(store, work) as ours:
+        for task, sample in by_task.items():
+            upload, inputs = _bodies(sample, work)
+            predictor = sample.predictor
+            model = predictor.model
+            x = torch.as_tensor(sample.tensor)
+
+            def forward(m=model, t=x):
+                with torch.no_grad():
+                    return m(t)
+
+            bare = median(timings(forward, seconds))
+            steps.add(task, "bare `model(x)`, no_grad (baseline)", bare, 1.0)
+            p50 = median(timings(lambda p=predictor, s=sample: p.predict_array(s.tensor), seconds))
+            steps.add(task, "pyfunc `predict_array` (what MLflow's server calls)", p50, ratio(p50, bare))
+            p50 = median(
+                timings(lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type), seconds, warmup=3)
+            )
+            steps.add(
+                task, "`predict_upload` in process: decode, preprocess, forward, Grad-CAM, PNG", p50, ratio(p50, bare)
+            )
+            got = load(
+                f"{ours}/v1/models/{task}/predict",
+                1,
+                duration,
+                warmup,
+                upload,
+                kind="upload",
+                content_type=sample.content_type,
+                filename=sample.filename,
+                headers=headers,
+            )
+            steps.add(task, "our service, HTTP upload, 1 client", got.p50, ratio(got.p50, bare))
+            with mlflow_server(store, task, work) as theirs:
+                got = load(
+                    f"{theirs}/invocations", 1, duration, warmup, inputs, kind="json", content_type="application/json"
+                )
+            steps.add(task, "`mlflow models serve`, JSON tensor, 1 client", got.p50, ratio(got.p50, bare))
+            for n in (8, 32):
+                batch = torch.as_tensor(np.repeat(sample.tensor, n, axis=0))
+                single = median(timings(forward, seconds)) * n
+                whole = median(timings(lambda m=model, b=batch: forward(m, b), seconds))
+                batching.add(task, n, 1000 * n / single, 1000 * n / whole, ratio(single, whole))
+    section.note(
+        "The service does not batch requests together: each request is one batch-1 forward (plus Grad-CAM) under a "
+        "compute lock. The batching table shows what dynamic batching would gain on the forward pass alone; the "
+        "Grad-CAM backward pass and PNG encoding are per image either way."
+    )
+    section.note(f"torch threads in this process: {torch.get_num_threads()} (the servers use torch's default too).")
+    section.note(key_note + ".")
+    return section
