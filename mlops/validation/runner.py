@@ -2,6 +2,8 @@
 
 Great Expectations is built for tables, so each task computes a manifest with one row per sample
 (file checks, shape, intensity statistics, content hash, labels) and its suite tests that table.
+Given a history folder, the run also bounds the intensity distribution by the previous accepted
+version's and keeps its result per data version with a Data Docs page (``records.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from mlops.tasks import Task
+from mlops.validation.columns import declared
+from mlops.validation.drift import drift_expectations
+from mlops.validation.profile import profile
+from mlops.validation.records import latest_accepted, save_record
 
 
 class ValidationFailed(RuntimeError):
@@ -26,12 +32,21 @@ class Failure:
     unexpected_count: int | None
     samples: list[str]
     values: list[Any]
+    note: str = ""  # what a bound was relative to (drift)
+    bounds: dict[str, Any] = field(default_factory=dict)  # the expectation's bounds / allowed set
 
     def line(self) -> str:
         where = f" on {self.column}" if self.column else ""
         count = f" ({self.unexpected_count} rows)" if self.unexpected_count is not None else ""
-        shown = f"; e.g. samples {self.samples[:5]} values {self.values[:5]}" if self.samples else ""
-        return f"{self.expectation}{where}{count}{shown}"
+        if self.samples:
+            shown = f"; e.g. samples {self.samples[:5]} values {self.values[:5]}"
+        elif self.values:
+            shown = f"; observed {self.values[:5]}"
+        else:
+            shown = ""
+        allowed = f"; expected {self.bounds}" if self.bounds else ""
+        note = f" [{self.note}]" if self.note else ""
+        return f"{self.expectation}{where}{count}{shown}{allowed}{note}"
 
 
 @dataclass
@@ -44,11 +59,24 @@ class ValidationReport:
     n_samples: int
     validated_at: str
     failures: list[Failure] = field(default_factory=list)
+    #: DVC md5 of the validated folder (the version dvc.lock records for it)
+    data_version: str | None = None
+    #: sample count, label distribution, intensity statistics (profile.py)
+    profile: dict[str, Any] = field(default_factory=dict)
+    #: the accepted version the drift bounds were measured against (None: none yet, drift not checked)
+    baseline: str | None = None
+    #: this version's Data Docs page (kept when validated with a history folder)
+    docs: str | None = None
 
     def summary(self) -> str:
         passed = self.evaluated - self.failed
         head = f"{self.task}: {passed}/{self.evaluated} expectations passed on {self.n_samples} samples"
-        return "\n".join([head, *(f"  FAILED {f.line()}" for f in self.failures)])
+        if self.data_version:
+            head += f" (data version {self.data_version})"
+        lines = [head, *(f"  FAILED {f.line()}" for f in self.failures)]
+        if self.docs:
+            lines.append(f"  Data Docs: {self.docs}")
+        return "\n".join(lines)
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,53 +100,34 @@ def _quiet_context():
     return context
 
 
-def validate_dataset(task: Task, raw_dir: Path, params: Any) -> ValidationReport:
-    """Validate ``raw_dir`` with the task's suite. A missing layout is a failed report, not a crash."""
-    import great_expectations as gx
+def validate_dataset(task: Task, raw_dir: Path, params: Any, history: Path | None = None) -> ValidationReport:
+    """Validate ``raw_dir`` with the task's suite. A missing layout is a failed report, not a crash.
+
+    With ``history``: also bound the intensity distribution by the latest accepted version kept there
+    (``params.validation.drift``), and keep this result there per data version with its Data Docs page.
+    """
+    from mlops.data.versions import folder_md5
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if not raw_dir.is_dir():
         failure = Failure(f"dataset folder exists ({raw_dir})", None, None, [], [])
         return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, now, [failure])
+    version = folder_md5(raw_dir)
     try:
         manifest = task.manifest(raw_dir)
     except ValueError as exc:
-        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, now, [Failure(str(exc), None, None, [], [])])
+        failure = Failure(str(exc), None, None, [], [])
+        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, now, [failure], data_version=version)
 
-    context = _quiet_context()
-    batch = (
-        context.data_sources.add_pandas(task.name)
-        .add_dataframe_asset("manifest")
-        .add_batch_definition_whole_dataframe("all")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"{task.name}_raw"))
-    for expectation in task.expectations(params):
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(data=batch, suite=suite, name="raw"))
-    result = definition.run(batch_parameters={"dataframe": manifest}, result_format={"result_format": "COMPLETE"})
+    expectations = list(task.expectations(params))
+    baseline = latest_accepted(history, task.name, version) if history is not None else None
+    if baseline is not None:
+        expectations += drift_expectations(baseline["profile"], baseline["data_version"], params.validation.drift)
+    result = _run_suite(task.name, manifest, expectations)
 
     sample_ids = manifest.iloc[:, 0].astype(str).tolist()
-    failures = []
-    for r in result.results:
-        if r.success:
-            continue
-        cfg = r.expectation_config
-        rows = r.result.get("unexpected_index_list") or []
-        observed = r.result.get("partial_unexpected_list")
-        if observed is None:
-            observed = r.result.get("observed_value")
-        values = observed if isinstance(observed, list) else [observed]
-        failures.append(
-            Failure(
-                expectation=cfg.type,
-                column=cfg.kwargs.get("column"),
-                unexpected_count=r.result.get("unexpected_count"),
-                samples=[sample_ids[i] for i in rows[:20] if isinstance(i, int)],
-                values=[_plain(v) for v in values[:20]],
-            )
-        )
     stats = result.statistics
-    return ValidationReport(
+    report = ValidationReport(
         task=task.name,
         raw_dir=str(raw_dir),
         success=bool(result.success),
@@ -126,11 +135,65 @@ def validate_dataset(task: Task, raw_dir: Path, params: Any) -> ValidationReport
         failed=int(stats["unsuccessful_expectations"]),
         n_samples=len(manifest),
         validated_at=now,
-        failures=failures,
+        failures=[_failure(r, sample_ids) for r in result.results if not r.success],
+        data_version=version,
+        profile=profile(manifest),
+        baseline=baseline["data_version"] if baseline is not None else None,
+    )
+    if history is not None:
+        save_record(history, report, result.to_json_dict(), _sample_hashes(manifest))
+    return report
+
+
+def _run_suite(name: str, manifest: Any, expectations: list[Any]) -> Any:
+    import great_expectations as gx
+
+    context = _quiet_context()
+    batch = (
+        context.data_sources.add_pandas(name)
+        .add_dataframe_asset("manifest")
+        .add_batch_definition_whole_dataframe("all")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_raw"))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(data=batch, suite=suite, name="raw"))
+    return definition.run(batch_parameters={"dataframe": manifest}, result_format={"result_format": "COMPLETE"})
+
+
+_BOUND_KEYS = ("min_value", "max_value", "value_set")
+
+
+def _failure(r: Any, sample_ids: list[str]) -> Failure:
+    cfg = r.expectation_config
+    rows = r.result.get("unexpected_index_list") or []
+    observed = r.result.get("partial_unexpected_list")
+    if observed is None:
+        observed = r.result.get("observed_value")
+    values = observed if isinstance(observed, list) else [observed]
+    return Failure(
+        expectation=cfg.type,
+        column=cfg.kwargs.get("column"),
+        unexpected_count=r.result.get("unexpected_count"),
+        samples=[sample_ids[i] for i in rows[:20] if isinstance(i, int)],
+        values=[_plain(v) for v in values[:20]],
+        note=str((cfg.meta or {}).get("note", "")),
+        bounds={k: _plain(cfg.kwargs[k]) for k in _BOUND_KEYS if cfg.kwargs.get(k) is not None},
     )
 
 
+def _sample_hashes(manifest: Any) -> dict[str, str]:
+    cols = declared(manifest)
+    column = cols.content_hash if cols else "content_hash"
+    if column not in manifest:
+        return {}
+    ids = manifest.iloc[:, 0].astype(str)
+    return {i: str(h) for i, h in zip(ids, manifest[column], strict=True) if isinstance(h, str)}
+
+
 def _plain(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     return value.item() if hasattr(value, "item") else value
 
 

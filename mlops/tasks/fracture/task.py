@@ -39,6 +39,8 @@ from mlops.tasks.fracture import plots
 from mlops.tasks.fracture.inference import UNKNOWN, square_gray_input
 from mlops.tasks.fracture.model import MODELS, N_CLASSES, predicted_class_logit
 from mlops.tasks.fracture.simulate import CLASSES, outlier_image, simulate_fractographs
+from mlops.validation.columns import Columns, class_balance, declare, leakage_and_duplicates
+from mlops.validation.drift import DriftParams
 
 LABEL_COLUMNS = ("image_id", "class", "source", "magnification")
 #: Target of an outlier-exposure image in the training split: "no class" (a uniform prediction).
@@ -68,6 +70,12 @@ class ValidationParams(Strict):
     min_mean_intensity: float
     max_mean_intensity: float
     min_intensity_std: float
+    #: no class may hold more than this share of the images (class balance)
+    max_class_fraction: float
+    drift: DriftParams
+
+
+COLUMNS = Columns(sample="image_id", label="class", intensity="mean_intensity", group="source")
 
 
 class SplitParams(Strict):
@@ -332,7 +340,7 @@ class FractureTask(Task):
         rows = [{**row, **image_stats(find_image(raw_dir, str(row["image_id"])))} for row in labels.to_dict("records")]
         table = pd.DataFrame(rows)
         table["class_count"] = table.groupby("class", dropna=False)["image_id"].transform("count")
-        return table
+        return declare(table, COLUMNS)
 
     def expectations(self, params: FractureParams) -> list[Any]:
         import great_expectations as gx
@@ -356,7 +364,8 @@ class FractureTask(Task):
                 column="mean_intensity", min_value=v.min_mean_intensity, max_value=v.max_mean_intensity
             ),
             e.ExpectColumnValuesToBeBetween(column="intensity_std", min_value=v.min_intensity_std),
-            e.ExpectColumnValuesToBeUnique(column="content_hash"),
+            class_balance(0.0, v.max_class_fraction),
+            *leakage_and_duplicates(COLUMNS),
         ]
 
     def prepare(self, raw_dir: Path, out_dir: Path, params: FractureParams, seed: int) -> dict[str, int]:

@@ -28,6 +28,8 @@ from mlops.tasks.base import Evaluation, ModelSpec, Task
 from mlops.tasks.fume_hood import plots
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS, lowering_evidence
 from mlops.tasks.fume_hood.simulate import simulate_photos
+from mlops.validation.columns import Columns, class_balance, declare, leakage_and_duplicates
+from mlops.validation.drift import DriftParams
 
 LABEL_COLUMNS = ("photo_id", "lab_id", "rating")
 
@@ -47,6 +49,12 @@ class ValidationParams(Strict):
     min_mean_intensity: float
     max_mean_intensity: float
     min_intensity_std: float
+    #: no rating may hold more than this share of the photos (class balance)
+    max_rating_fraction: float
+    drift: DriftParams
+
+
+COLUMNS = Columns(sample="photo_id", label="rating", intensity="mean_intensity", group="lab_id")
 
 
 class SplitParams(Strict):
@@ -124,7 +132,7 @@ class FumeHoodTask(Task):
         rows = [{**row, **image_stats(find_image(raw_dir, str(row["photo_id"])))} for row in labels.to_dict("records")]
         table = pd.DataFrame(rows)
         table["rating_count"] = table.groupby("rating")["photo_id"].transform("count")
-        return table
+        return declare(table, COLUMNS)
 
     def expectations(self, params: FumeHoodParams) -> list[Any]:
         import great_expectations as gx
@@ -146,7 +154,8 @@ class FumeHoodTask(Task):
                 column="mean_intensity", min_value=v.min_mean_intensity, max_value=v.max_mean_intensity
             ),
             e.ExpectColumnValuesToBeBetween(column="intensity_std", min_value=v.min_intensity_std),
-            e.ExpectColumnValuesToBeUnique(column="content_hash"),
+            class_balance(0.0, v.max_rating_fraction),
+            *leakage_and_duplicates(COLUMNS),
         ]
 
     def prepare(self, raw_dir: Path, out_dir: Path, params: FumeHoodParams, seed: int) -> dict[str, int]:

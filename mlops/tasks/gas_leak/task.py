@@ -32,6 +32,8 @@ from mlops.tasks.gas_leak.simulate import (
     Geometry,
     simulate_sequences,
 )
+from mlops.validation.columns import Columns, declare, leakage_and_duplicates
+from mlops.validation.drift import DriftParams
 
 #: weight of the depth-velocity error (pix/s) against the position loss in both heads' training loss
 Z_WEIGHT = 0.5
@@ -55,6 +57,11 @@ class ValidationParams(Strict):
     max_intensity: float
     min_intensity_std: float
     z_abs_max: float
+    drift: DriftParams
+
+
+# domain (sim | field) is the label whose balance the audit shows; scene_id is what the split keeps together
+COLUMNS = Columns(sample="seq_id", label="domain", intensity="mean_intensity", group="scene_id")
 
 
 class SplitParams(Strict):
@@ -132,6 +139,7 @@ def _sequence_stats(path: Path) -> dict[str, Any]:
             min_intensity=float(values.min()),
             max_intensity=float(values.max()),
             intensity_std=float(values.std()),
+            mean_intensity=float(values.mean()),
         )
     return stats
 
@@ -230,7 +238,7 @@ class GasLeakTask(Task):
         ]
         table = pd.DataFrame(rows)
         computed = ("ndim", "dtype", "content_hash", "frames", "height", "width", "finite")
-        for column in (*computed, "min_intensity", "max_intensity", "intensity_std"):
+        for column in (*computed, "min_intensity", "max_intensity", "intensity_std", "mean_intensity"):
             if column not in table.columns:  # every file failed to load: still a table the suite can judge
                 table[column] = np.nan
         # Labels inside each sequence's own frame (the pixel grid runs from 0 to size-1).
@@ -238,7 +246,7 @@ class GasLeakTask(Task):
             table["x"].between(0, table["width"] - 1) & table["y"].between(0, table["height"] - 1)
         ).fillna(False)
         table["n_sequences"] = len(table)
-        return table
+        return declare(table, COLUMNS)
 
     def expectations(self, params: GasLeakParams) -> list[Any]:
         import great_expectations as gx
@@ -270,7 +278,7 @@ class GasLeakTask(Task):
             e.ExpectColumnValuesToBeBetween(column="z", min_value=-v.z_abs_max, max_value=v.z_abs_max),
             e.ExpectColumnValuesToBeInSet(column="domain", value_set=list(DOMAINS)),
             e.ExpectColumnValuesToBeInSet(column="occluded", value_set=[0, 1]),
-            e.ExpectColumnValuesToBeUnique(column="content_hash"),
+            *leakage_and_duplicates(COLUMNS),
         ]
 
     def prepare(self, raw_dir: Path, out_dir: Path, params: GasLeakParams, seed: int) -> dict[str, int]:

@@ -9,6 +9,7 @@ validate the data and to evaluate on the test video(s).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -41,6 +42,8 @@ from mlops.tasks.skeleton.preprocess import (
     window_starts,
 )
 from mlops.tasks.skeleton.simulate import simulate_videos
+from mlops.validation.columns import Columns, declare, leakage_and_duplicates
+from mlops.validation.drift import DriftParams
 
 VIDEO_COLUMNS = ("video", "split_role")
 SPAN_COLUMNS = ("video", "start_frame", "end_frame", "action")
@@ -75,6 +78,13 @@ class ValidationParams(Strict):
     max_x: float
     max_y: float
     max_empty_frame_fraction: Fraction
+    #: mean share of the 25 joints OpenPose did not detect, per video (frames with a person)
+    max_missing_joint_share: Fraction
+    drift: DriftParams
+
+
+# label 1 = inside an anomalous span; the split keeps videos together; drift is watched on detection quality
+COLUMNS = Columns(sample="frame_id", label="label", intensity="missing_joint_share", group="video")
 
 
 class SplitParams(Strict):
@@ -182,7 +192,7 @@ def frame_labels(spans: pd.DataFrame, video: str, n_frames: int) -> tuple[np.nda
 def _lenient_frame_stats(path: Path | None) -> dict[str, Any]:
     """Statistics of one frame file that never raise: what a broken file looks like is a data finding."""
     stats: dict[str, Any] = {"parse_ok": False, "n_people": 0, "bad_people": 0, "n_joints": np.nan}
-    for key in ("x_min", "x_max", "y_min", "y_max", "conf_min", "conf_max", "detected_joints"):
+    for key in ("x_min", "x_max", "y_min", "y_max", "conf_min", "conf_max", "detected_joints", "missing_joint_share"):
         stats[key] = np.nan
     if path is None:
         return stats
@@ -210,6 +220,9 @@ def _lenient_frame_stats(path: Path | None) -> dict[str, Any]:
         detected = everyone[everyone[:, 2] > 0]
         stats.update(conf_min=float(everyone[:, 2].min()), conf_max=float(everyone[:, 2].max()))
         stats["detected_joints"] = int((select_person(good)[:, 2] > 0).sum())
+        stats["missing_joint_share"] = 1.0 - stats["detected_joints"] / N_JOINTS
+        # the parsed keypoints, not the file bytes: the same pose written twice is the same sample
+        stats["content_hash"] = hashlib.sha256(np.ascontiguousarray(everyone, dtype=np.float64).tobytes()).hexdigest()
         if len(detected):
             stats.update(
                 x_min=float(detected[:, 0].min()),
@@ -353,7 +366,11 @@ class SkeletonTask(Task):
         table["label"] = table["label"].fillna(0).astype(int)
         table["empty_fraction"] = table.groupby("video")["n_people"].transform(lambda s: float((s == 0).mean()))
         table["abnormal_in_train"] = (table["split_role"] == "train") & (table["label"] == 1)
-        return table
+        for column in ("missing_joint_share", "content_hash"):
+            if column not in table:  # no frame had a person: still a table the suite can judge
+                table[column] = np.nan
+        table["video_missing_joint_share"] = table.groupby("video")["missing_joint_share"].transform("mean")
+        return declare(table, COLUMNS)
 
     def expectations(self, params: SkeletonParams) -> list[Any]:
         import great_expectations as gx
@@ -384,6 +401,9 @@ class SkeletonTask(Task):
             e.ExpectColumnValuesToBeInSet(column="abnormal_in_train", value_set=[False]),
             e.ExpectColumnDistinctValuesToContainSet(column="label", value_set=[0, 1]),
             e.ExpectColumnValuesToBeBetween(column="n_train_videos", min_value=v.min_train_videos),
+            # detection quality, and no pose twice (a frozen or copied recording) or in two videos (leakage)
+            e.ExpectColumnValuesToBeBetween(column="video_missing_joint_share", max_value=v.max_missing_joint_share),
+            *leakage_and_duplicates(COLUMNS),
         ]
 
     def _load_video(self, raw_dir: Path, video: str) -> list[list[np.ndarray]]:

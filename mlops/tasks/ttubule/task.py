@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from mlops.tasks.ttubule.instances import (
     split_instances,
 )
 from mlops.tasks.ttubule.model import MODELS, N_CLASSES, TTUBULE, probabilities, segmentation_loss, sliding_window
-from mlops.tasks.ttubule.normalize import PeakSettings, mean_peaks, normalize_stack
+from mlops.tasks.ttubule.normalize import PeakError, PeakSettings, histogram_peaks, mean_peaks, normalize_stack
 from mlops.tasks.ttubule.simulate import (
     CLASS_NAMES,
     IMAGE_FILE,
@@ -42,6 +43,7 @@ from mlops.tasks.ttubule.simulate import (
     SimSettings,
     simulate_volumes,
 )
+from mlops.validation.drift import DriftParams
 
 #: val/test slices are centre-cropped to a common size that is a multiple of this (U-Nets up to depth 4)
 SIZE_MULTIPLE = 16
@@ -61,6 +63,7 @@ class ValidationParams(Strict):
     max_myofibril_fraction: float
     min_ttubule_fraction: float
     max_ttubule_fraction: float
+    drift: DriftParams
 
 
 class SplitParams(Strict):
@@ -207,6 +210,12 @@ def _volume_rows(folder: Path) -> list[dict[str, Any]]:
         plane = image[z].astype(np.float32)
         row = {"slice_id": f"{folder.name}:{z:04d}", **base, "z": z}
         row.update(slice_mean=float(plane.mean()), slice_std=float(plane.std()))
+        row["content_hash"] = hashlib.sha256(np.ascontiguousarray(image[z]).tobytes()).hexdigest()
+        try:  # the study's peaks (default settings): reported per slice, absent when the histogram has one
+            row["peak_low"], row["peak_high"] = histogram_peaks(image[z])
+            row["peaks_found"] = True
+        except PeakError:
+            row["peaks_found"] = False
         if match:
             row.update(min_label=int(labels[z].min()), max_label=int(labels[z].max()))
         rows.append(row)
@@ -387,10 +396,20 @@ class TTubuleTask(Task):
 
     def manifest(self, raw_dir: Path) -> pd.DataFrame:
         """One row per slice (volume-level facts repeated on each), so failures name slices."""
-        return pd.DataFrame([row for folder in volume_dirs(raw_dir) for row in _volume_rows(folder)])
+        from mlops.validation.columns import Columns, declare
+
+        table = pd.DataFrame([row for folder in volume_dirs(raw_dir) for row in _volume_rows(folder)])
+        for column in ("content_hash", "slice_mean", "peaks_found"):
+            if column not in table:  # no volume could be read: still a table the suite can judge
+                table[column] = np.nan
+        shares = tuple(f"{name}_fraction" for name in SCORED.values())
+        columns = Columns(sample="slice_id", label_fractions=shares, intensity="slice_mean", group="volume")
+        return declare(table, columns)
 
     def expectations(self, params: TTubuleParams) -> list[Any]:
         import great_expectations as gx
+
+        from mlops.validation.columns import Columns, leakage_and_duplicates
 
         v, e = params.validation, gx.expectations
         bounds = {
@@ -418,6 +437,9 @@ class TTubuleTask(Task):
             e.ExpectColumnValuesToBeBetween(column="vol_width", min_value=v.min_width),
             e.ExpectColumnValuesToBeBetween(column="slice_std", min_value=v.min_slice_std),
             *fractions,
+            # the normalisation maps two histogram peaks (mitochondria, myofibrils): each slice must show both
+            e.ExpectColumnValuesToBeInSet(column="peaks_found", value_set=[True]),
+            *leakage_and_duplicates(Columns(sample="slice_id", group="volume")),
         ]
 
     def prepare(self, raw_dir: Path, out_dir: Path, params: TTubuleParams, seed: int) -> dict[str, int]:

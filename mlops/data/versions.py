@@ -1,0 +1,157 @@
+"""Data versions as DVC records them: folder hashes, `.dir` listings in the cache, `*.dvc` / `dvc.lock` in git.
+
+DVC names a folder by the md5 of its sorted (relpath, file md5) listing (``<md5>.dir``). We compute that
+hash with DVC's own ``dvc_data`` tree, so a version computed here is the one `dvc.lock` and `data.dvc`
+record, without running the ``dvc`` command (which would wait for the lock a running ``dvc repro`` holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DIR_SUFFIX = ".dir"
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()  # noqa: S324 - DVC's content address, not a security hash
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_listing(folder: Path) -> dict[str, str]:
+    """relpath (posix) -> md5 of every file under ``folder`` (what DVC's `.dir` object lists)."""
+    return {p.relative_to(folder).as_posix(): file_md5(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def listing_md5(listing: dict[str, str]) -> str:
+    """DVC's hash of a folder with this listing (``<md5>.dir``), computed by DVC's own tree code."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    tree = Tree()
+    for rel, md5 in listing.items():
+        tree.add(tuple(rel.split("/")), Meta(), HashInfo("md5", md5))
+    tree.digest()
+    return tree.hash_info.value
+
+
+def folder_md5(folder: Path) -> str:
+    return listing_md5(folder_listing(folder))
+
+
+def sub_listing(listing: dict[str, str], prefix: str) -> dict[str, str]:
+    """The part of a parent folder's listing under ``prefix`` (relpaths made relative to it)."""
+    head = prefix.strip("/") + "/"
+    return {rel[len(head) :]: md5 for rel, md5 in listing.items() if rel.startswith(head)}
+
+
+# --- the DVC cache -----------------------------------------------------------------------------------
+
+
+def cache_dir(root: Path) -> Path:
+    """The local cache's md5 object folder (honours `cache.dir` in the repo's config)."""
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(root / ".dvc"))
+    configured = (config.get("cache") or {}).get("dir")
+    # A relative cache.dir is relative to the .dvc folder that holds the config.
+    base = root / ".dvc" / (configured or "cache")
+    return base.resolve() / "files" / "md5"
+
+
+def object_path(objects: Path, md5: str) -> Path:
+    return objects / md5[:2] / md5[2:]
+
+
+def read_dir_object(objects: Path, md5: str) -> dict[str, str] | None:
+    """The listing a `.dir` object holds, or None when the cache does not have it (not pulled, or corrupt)."""
+    path = object_path(objects, md5)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return {e["relpath"]: e["md5"] for e in entries}
+
+
+# --- what the repo's *.dvc files and dvc.lock record -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A folder tracked by a top-level `*.dvc` file."""
+
+    dvc_file: Path
+    path: str  # as written in the .dvc file, relative to the repo root
+    md5: str
+
+
+def tracked_outs(root: Path, text_of=None) -> list[Tracked]:
+    """Outs of the top-level `*.dvc` files (``text_of(name)`` reads a file at another revision)."""
+    found = []
+    names = [p.name for p in sorted(root.glob("*.dvc")) if p.is_file()] if text_of is None else ["data.dvc"]
+    for name in names:
+        text = (root / name).read_text() if text_of is None else text_of(name)
+        for out in (yaml.safe_load(text or "") or {}).get("outs", []):
+            if isinstance(out, dict) and "path" in out:
+                found.append(Tracked(root / name, out["path"].rstrip("/"), out.get("md5", "")))
+    return found
+
+
+def tracking(root: Path, folder: Path | str) -> Tracked | None:
+    """The `*.dvc` out that tracks ``folder`` (itself or a parent), or None."""
+    target = Path(folder).as_posix().rstrip("/")
+    for t in tracked_outs(root):
+        if target == t.path or target.startswith(t.path + "/"):
+            return t
+    return None
+
+
+def lock_stages(text: str | None) -> dict[str, dict]:
+    return (yaml.safe_load(text or "") or {}).get("stages", {}) if text else {}
+
+
+def lock_md5(stages: dict[str, dict], stage: str, path: str, kind: str) -> str | None:
+    """md5 that ``dvc.lock`` records for ``path`` among ``kind`` ('deps' or 'outs') of ``stage``."""
+    for entry in stages.get(stage, {}).get(kind, []):
+        if isinstance(entry, dict) and entry.get("path", "").rstrip("/") == path:
+            return entry.get("md5")
+    return None
+
+
+# --- git -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author: str
+    date: str
+    subject: str
+
+
+def git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def commits_touching(root: Path, *paths: str) -> list[Commit]:
+    """Commits that changed any of ``paths``, oldest first."""
+    out = git(root, "log", "--reverse", "--format=%H%x1f%an <%ae>%x1f%aI%x1f%s", "--", *paths) or ""
+    return [Commit(*line.split("\x1f", 3)) for line in out.splitlines() if line.count("\x1f") == 3]
+
+
+def show(root: Path, sha: str, path: str) -> str | None:
+    """A file's content at a commit, or None when it did not exist there."""
+    return git(root, "show", f"{sha}:{path}")
