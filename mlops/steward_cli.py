@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 ROOT = Path(".")  # dvc runs every stage in the repo root, and the steward works there too
 
@@ -44,7 +45,7 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         params = load_params(params_path)
         result = validate_dataset(get_task(task), raw, params.task(task), history=history)
         result.write(report)
-        console.print(result.summary())
+        console.print(escape(result.summary()))
         if result.baseline is None:
             console.print("no earlier accepted version: drift bounds start from this one")
         if not result.success:
@@ -69,7 +70,7 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
             sys.stdout.write(json.dumps([r.to_json() for r in results], indent=2) + "\n")
         else:
             for r in results:
-                console.print(("[green]ok[/] " if r.clean else "[bold red]CHANGED[/] ") + r.message())
+                console.print(("[green]ok[/] " if r.clean else "[bold red]CHANGED[/] ") + escape(r.message()))
         if not all(r.clean for r in results):
             raise typer.Exit(1)
 
@@ -98,9 +99,9 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         for c in checks if not as_json else []:
             console.print(f"{c.store}: {c.checked} objects checked, {len(c.missing)} missing, {len(c.corrupt)} corrupt")
             for line in c.corrupt:
-                console.print(f"  [bold red]CORRUPT[/] {line}")
+                console.print(f"  [bold red]CORRUPT[/] {escape(line)}")
             for line in c.missing[:10]:
-                console.print(f"  missing {line}")
+                console.print(f"  missing {escape(line)}")
         if not all(c.ok for c in checks):
             console.print(
                 "[bold red]corrupt objects[/]: delete them from that store and restore them "

@@ -370,11 +370,11 @@ def pending_review(task: str) -> dict[str, Any]:
     try:
         from mlops.members.review import pending
     except ImportError:
-        return {"available": False, "items": [], "note": "no review queue is installed (mlops.members.review)"}
+        return {"available": False, "samples": [], "note": "no review queue is installed (mlops.members.review)"}
     try:
-        return {"available": True, "items": list(pending(task)), "note": ""}
+        return {"available": True, "samples": list(pending(task)), "note": ""}
     except Exception as exc:  # the queue's database may be unreachable: say so in the report, do not fail it
-        return {"available": True, "items": [], "note": f"review queue unreadable: {exc}"}
+        return {"available": True, "samples": [], "note": f"review queue unreadable: {exc}"}
 
 
 # --- the whole audit --------------------------------------------------------------------------------------

@@ -77,9 +77,9 @@ mean {{ '%.4g'|format(v.profile.intensity.mean) }} &plusmn; {{ '%.3g'|format(v.p
 
 <h2 id="review">Contributed samples pending review</h2>
 {% if not a.pending_review.available %}<p>{{ a.pending_review.note }}</p>
-{% elif a.pending_review.items %}<p>{{ a.pending_review.items|length }} pending.</p><table>
-<tr>{% for k in a.pending_review.items[0].keys() %}<th>{{ k }}</th>{% endfor %}</tr>
-{% for item in a.pending_review.items %}<tr>{% for val in item.values() %}<td>{{ val }}</td>{% endfor %}</tr>
+{% elif a.pending_review.samples %}<p>{{ a.pending_review.samples|length }} pending.</p><table>
+<tr>{% for k in a.pending_review.samples[0].keys() %}<th>{{ k }}</th>{% endfor %}</tr>
+{% for item in a.pending_review.samples %}<tr>{% for val in item.values() %}<td>{{ val }}</td>{% endfor %}</tr>
 {% endfor %}</table>{% else %}<p>None pending. {{ a.pending_review.note }}</p>{% endif %}
 </body></html>
 """

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,11 +104,71 @@ def status(root: Path, folder: Path | str) -> Status:
 
 
 def require_unchanged(root: Path, folder: Path | str) -> Status:
-    """The pipeline's gate: refuse data that is not the version DVC recorded."""
+    """The pipeline's gate: refuse data that is not the version DVC recorded before this run started.
+
+    `dvc repro` re-records a changed data source (`data.dvc`) itself before running the stages, so
+    inside a run we also refuse a `.dvc` file DVC rewrote moments ago for a folder that differs from
+    the version committed to git: the steward looks at the change and reruns to accept it.
+    """
     found = status(root, folder)
     if not found.clean:
         raise DataChanged(found.message())
+    changed = _changed_since_head(root, found) if _rewritten_by_this_run(root / found.dvc_file) else []
+    if changed:
+        dvc_file = found.dvc_file
+        raise DataChanged(
+            f"{found.folder} changed without `dvc add` ({len(changed)} files, e.g. {changed[:5]}): this `dvc repro` "
+            f"has just re-recorded it in {dvc_file} (now version {found.recorded}).\n"
+            f"Look at the change first (`git diff {dvc_file}`, "
+            f"`mlops data audit <task>`). If intended: commit {dvc_file} and run `dvc repro` again.\n"
+            f"If not: `git checkout {dvc_file} && dvc checkout {dvc_file}` restores the committed version."
+        )
     return found
+
+
+def _rewritten_by_this_run(dvc_file: Path) -> bool:
+    """The .dvc file is newer than the `dvc` process running this stage (DVC sets DVC_STAGE for stages)."""
+    if "DVC_STAGE" not in os.environ or not dvc_file.is_file():
+        return False
+    started = _dvc_started()
+    return started is not None and dvc_file.stat().st_mtime >= started
+
+
+def _dvc_started() -> float | None:
+    """Start time (epoch s) of the nearest ancestor process running `dvc`; None off Linux or when not found.
+
+    From /proc/uptime (1/100 s), not /proc/stat's whole-second btime: a `dvc commit` just before `dvc repro`
+    must not look like a rewrite by the repro itself.
+    """
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        now = time.time()
+        pid = os.getppid()
+        while pid > 1:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:2]):
+                since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in ticks
+                return now - (uptime - since_boot)
+            pid = int(fields[1])  # field 4: parent pid
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _changed_since_head(root: Path, found: Status) -> list[str]:
+    """Files of the folder that differ from the version in the .dvc file committed to git ('?' when unknown)."""
+    committed = show(root, "HEAD", found.dvc_file)
+    outs = tracked_outs(root, lambda _: committed)
+    whole = next((o.md5 for o in outs if f"{found.folder}/".startswith(f"{o.path}/")), None)
+    listing = read_dir_object(cache_dir(root), whole) if whole else None
+    if listing is None:
+        return ["?"]
+    tracked = tracking(root, found.folder)
+    prefix = found.folder[len(tracked.path) + 1 :] if tracked and found.folder != tracked.path else ""
+    before = sub_listing(listing, prefix) if prefix else listing
+    now = folder_listing(root / found.folder)
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
 # --- verify ------------------------------------------------------------------------------------------

@@ -97,8 +97,7 @@ class Tracked:
 def tracked_outs(root: Path, text_of=None) -> list[Tracked]:
     """Outs of the top-level `*.dvc` files (``text_of(name)`` reads a file at another revision)."""
     found = []
-    names = [p.name for p in sorted(root.glob("*.dvc")) if p.is_file()] if text_of is None else ["data.dvc"]
-    for name in names:
+    for name in [p.name for p in sorted(root.glob("*.dvc")) if p.is_file()]:
         text = (root / name).read_text() if text_of is None else text_of(name)
         for out in (yaml.safe_load(text or "") or {}).get("outs", []):
             if isinstance(out, dict) and "path" in out:

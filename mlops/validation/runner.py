@@ -45,7 +45,7 @@ class Failure:
         else:
             shown = ""
         allowed = f"; expected {self.bounds}" if self.bounds else ""
-        note = f" [{self.note}]" if self.note else ""
+        note = f" ({self.note})" if self.note else ""
         return f"{self.expectation}{where}{count}{shown}{allowed}{note}"
 
 
