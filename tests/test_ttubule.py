@@ -26,7 +26,8 @@ from mlops.tasks.ttubule.instances import (
 )
 from mlops.tasks.ttubule.model import UNet, predict_whole, segmentation_loss, sliding_window
 from mlops.tasks.ttubule.normalize import PeakSettings, histogram_peaks, normalize_stack, piecewise_linear
-from mlops.tasks.ttubule.simulate import LABELS_FILE, META_FILE, SimSettings, simulate_volumes
+from mlops.tasks.ttubule.simulate import LABELS_FILE, META_FILE, SimSettings, simulate_volume, simulate_volumes
+from mlops.tasks.ttubule.simulate import TTUBULE as TTUBULE_CLASS
 from mlops.tasks.ttubule.task import AugmentParams, TTubuleParams, augment_pair, swept_class_metrics
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT
@@ -222,6 +223,26 @@ def test_simulator_is_deterministic_and_writes_the_real_layout(tmp_path, params)
     assert json.loads((vol / META_FILE).read_text())["voxel_size_nm"] == {"z": 70.0, "y": 50.0, "x": 50.0}
 
 
+def test_simulated_lookalikes_are_background_off_the_z_lines_and_as_bright_as_tubes(params):
+    s = SimSettings(**params.simulate.model_dump() | {"slices": 12, "height": 96, "width": 96})
+    volumes = [simulate_volume(np.random.default_rng(seed), s) for seed in range(3)]
+    for vol in volumes:
+        tubes, looks = vol.labels == TTUBULE_CLASS, vol.lookalikes
+        assert looks.any() and tubes.any()
+        assert (vol.labels[looks] == 0).all()  # SR tubules and vesicles are background
+        assert vol.zline_distance[looks].min() >= s.lookalike_zline_gap_nm
+        # T-tubules lie on Z lines (within a thick tube's radius, the rim and the per-myofibril stagger).
+        assert np.median(vol.zline_distance[tubes]) < 0.5 * s.tube_radius_high_nm
+        assert vol.zline_distance[tubes].max() < s.lookalike_zline_gap_nm
+        assert 0.002 < tubes.mean() < 0.012
+    # Locally alike: the look-alikes' gray levels are those of the T-tubules (pooled over the volumes).
+    tube_gray = np.concatenate([v.image[v.labels == TTUBULE_CLASS] for v in volumes]).astype(float)
+    look_gray = np.concatenate([v.image[v.lookalikes] for v in volumes]).astype(float)
+    assert abs(np.median(tube_gray) - np.median(look_gray)) < 0.25 * tube_gray.std() + 10
+    cell = np.concatenate([v.image[v.labels == 2] for v in volumes]).astype(float)
+    assert np.median(look_gray) > np.median(cell) + 25  # both stand out of the myofibrils alike
+
+
 def test_validation_passes_on_simulated_data(raw, params):
     report = validate_dataset(TASK, raw, params)
     assert report.success, report.summary()
@@ -312,10 +333,26 @@ def test_every_loss_works_in_both_label_modes(loss, label_mode):
     targets[:, 0, 4:8] = 3
     out = model(torch.rand(2, 1, 16, 16))
     assert out.shape[1] == (5 if label_mode == "multi" else 2)
-    value = TASK.loss(out, targets)
+    value = TASK.criterion(model)(out, targets)
     value.backward()
     assert torch.isfinite(value)
     assert torch.isfinite(segmentation_loss(out.detach(), targets))
+
+
+def test_the_criterion_is_the_loss_the_model_was_built_with():
+    targets = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    targets[:, 0, 4:6] = 3
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    values = {}
+    for loss in ("ce", "weighted_ce", "dice", "focal"):
+        torch.manual_seed(1)  # the same weights for every choice
+        model = UNet("multi", width=4, depth=2, loss=loss, rare_weight=20.0).eval()
+        with torch.no_grad():
+            out = model(x)
+            values[loss] = float(TASK.criterion(model)(out, targets))
+            if loss == "ce":
+                assert values[loss] == pytest.approx(float(TASK.loss(out, targets)))
+    assert len({round(v, 5) for v in values.values()}) == 4  # each choice is a different loss
 
 
 def test_build_model_reads_the_arm_and_stores_the_normalisation(raw, tmp_path, params):
@@ -336,6 +373,27 @@ def test_evaluate_reports_per_class_tables_and_instances(raw, tmp_path, params, 
     assert ("test_mitochondria_f" in m) == (label_mode == "multi")
     assert all(p.is_file() for p in evaluation.images.values())
     assert set(evaluation.tables) == {"class_metrics", "threshold_curves", "slice_thresholds", "instances"}
+
+
+def test_calibrate_stores_the_validation_thresholds_the_predictor_then_uses(raw, tmp_path, params):
+    TASK.prepare(raw, tmp_path / "prep", params, seed=0)
+    model, spec = TASK.build_model({"label_mode": "multi", "width": 4, "depth": 2}, tmp_path / "prep")
+    spec = TASK.calibrate(model.eval(), spec, tmp_path / "prep", params)
+    assert set(spec.extra["thresholds"]) == {"mitochondria", "myofibril", "ttubule"}
+    assert all(0 <= t <= 255 for t in spec.extra["thresholds"].values())
+    assert spec.extra["instances"]["min_instance_voxels"] == params.evaluate.min_instance_voxels
+
+    served = _spec()
+    served["extra"] |= {"thresholds": {"mitochondria": 200, "myofibril": 120, "ttubule": 50}}
+    served["extra"]["instances"] = spec.extra["instances"]
+    predictor = TTubulePredictor(_random_unet(), served)
+    assert predictor.instances.mask_threshold == pytest.approx(50 / 255)
+    probs = np.zeros((1, 5, 2, 2), dtype=np.float32)
+    probs[0, :4] = np.array([0.1, 0.1, 0.5, 0.3])[:, None, None]  # argmax: myofibril; T-tubule at 0.3 = 77 > 50
+    probs[0, 3, 0, 0] = 0.15  # 38: below the T-tubule threshold
+    masks = predictor.masks(probs)
+    assert masks[3].sum() == 3 and not masks[3][0, 0, 0]
+    assert masks[2].all() and not masks[1].any()
 
 
 # --- predictor -----------------------------------------------------------------------------------------

@@ -142,6 +142,14 @@ class Task(ABC):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training loss of one batch."""
 
+    def criterion(self, model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss of ``model`` (what the training loop calls per batch); default ``self.loss``.
+
+        A task whose loss has tuned hyperparameters (a loss choice, class weights) gets them from the model,
+        which ``build_model`` made from the hyperparameters, and returns a loss bound to them.
+        """
+        return self.loss
+
     @abstractmethod
     def val_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Metrics over the concatenated outputs of a whole split (names without a split prefix)."""

@@ -110,8 +110,15 @@ class TTubulePredictor(Predictor):
         self.tile = int(extra["infer_tile"])
         self.max_upload_voxels = int(extra["max_upload_voxels"])
         self.voxel_size_nm = tuple(float(v) for v in extra["voxel_size_nm"])
-        # Serving has no swept threshold: the decision rule (argmax / 0.5) and default post-processing.
-        self.instances = InstanceSettings()
+        # The study's thresholds (0-255, mean of the per-slice best ones on the validation slices) and the
+        # evaluation's instance post-processing, stored by the task's calibrate(); a spec without them (an
+        # older model) falls back to argmax / 0.5 and the default post-processing.
+        names = {name: cls for cls, name in CLASS_NAMES.items()}
+        self.thresholds = {names[n]: int(t) for n, t in (extra.get("thresholds") or {}).items()}
+        post = dict(extra.get("instances") or {})
+        if TTUBULE in self.thresholds:
+            post["mask_threshold"] = self.thresholds[TTUBULE] / 255.0
+        self.instances = InstanceSettings(**post)
 
     @property
     def voxel_limit(self) -> int:
@@ -135,7 +142,18 @@ class TTubulePredictor(Predictor):
         return np.full((1, 1, 64, 64), 0.5, dtype=np.float32)
 
     def masks(self, probs: np.ndarray) -> dict[int, np.ndarray]:
-        """Per-class boolean masks (Z, H, W): argmax of the softmax (multi-label) or sigmoid > 0.5 (single)."""
+        """Per-class boolean masks (Z, H, W).
+
+        With stored thresholds, each class as evaluated: ``round(255 * probability) > threshold`` (one class
+        against the rest, so masks may overlap); without, argmax of the softmax (multi) or sigmoid > 0.5 (single).
+        """
+        channels = {cls: cls for cls in CLASS_NAMES} if self.label_mode == "multi" else {TTUBULE: 0}
+        if self.thresholds:
+            return {
+                cls: np.rint(probs[:, channel] * 255) > self.thresholds[cls]
+                for cls, channel in channels.items()
+                if cls in self.thresholds
+            }
         if self.label_mode == "multi":
             winner = probs[:, :N_CLASSES].argmax(axis=1)
             return {cls: winner == cls for cls in CLASS_NAMES}
@@ -169,6 +187,7 @@ class TTubulePredictor(Predictor):
             },
             "voxel_size_nm": list(self.voxel_size_nm),
             "normalisation": {"P1": self.P1, "P2": self.P2, "slices_without_two_peaks": skipped},
+            "thresholds": {CLASS_NAMES[cls]: t for cls, t in self.thresholds.items()},
             "overlay_slice": show,
             "overlay_png": _png(class_overlay(normalised[show], {c: m[show] for c, m in masks.items()})),
             "explanation": (

@@ -5,9 +5,9 @@ One network serves both of the study's arms:
 - ``label_mode="multi"``: 4-class softmax (background, mitochondria, myofibril, T-tubule) + boundary logit;
 - ``label_mode="single"``: one T-tubule-vs-rest logit + boundary logit.
 
-The loss is chosen per model (the tuned hyperparameter ``loss``) and travels with the model's output
-tensor (``outputs.loss_config``), because the platform's loop calls ``task.loss(outputs, targets)`` without
-hyperparameters; the label mode is read from the output's channel count.
+The loss is chosen per model (the tuned hyperparameters ``loss``, ``rare_weight``, ``boundary_weight``, kept
+as ``model.loss_config``); the task's ``criterion(model)`` hook binds it for the training loop. The label mode
+is read from the output's channel count.
 """
 
 from __future__ import annotations
@@ -112,9 +112,7 @@ class UNet(nn.Module):
         x = self.bottom(x)
         for i in reversed(range(self.depth)):
             x = self.dec[i](torch.cat([self.up[i](x), skips[i]], dim=1))
-        out = self.head(x)
-        out.loss_config = self.loss_config  # read by the task's loss (see module docstring)
-        return out
+        return self.head(x)
 
 
 @MODELS.register("unet")

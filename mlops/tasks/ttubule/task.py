@@ -6,7 +6,8 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -556,8 +557,12 @@ class TTubuleTask(Task):
         return self.models.build(spec.model, **kwargs), spec
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # The model tags its outputs with its loss configuration (see model.py); plain CE otherwise.
-        return segmentation_loss(outputs, targets, getattr(outputs, "loss_config", None))
+        """The default loss (plain cross-entropy + boundary term); training uses ``criterion(model)``."""
+        return segmentation_loss(outputs, targets)
+
+    def criterion(self, model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The loss the model was built with (its tuned ``loss``, ``rare_weight``, ``boundary_weight``)."""
+        return partial(segmentation_loss, cfg=model.loss_config)
 
     def val_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Plain loss and, per scored class, the best F over thresholds 0-255 on the pooled split."""
@@ -572,6 +577,20 @@ class TTubuleTask(Task):
             metrics[f"{SCORED[cls]}_f"] = float(curves["f"][best])
             metrics[f"{SCORED[cls]}_iou"] = float(curves["iou"][best])
         return metrics
+
+    def calibrate(self, model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: TTubuleParams) -> ModelSpec:
+        """Store the study's threshold per scored class (the mean of the per-slice best thresholds, 0-255) on
+        the validation slices, and the instance post-processing, so the served predictor decides as evaluated."""
+        x = load_array(prepared_dir, "val", "x")
+        labels = load_array(prepared_dir, "val", "y")[:, 0]
+        probs = self.predict_probabilities(model, x, int(read_meta(prepared_dir)["infer_tile"]))
+        thresholds = {
+            SCORED[cls]: int(swept_class_metrics(probs[:, channel], labels, cls)[0]["threshold"])
+            for cls, channel in class_channels(model.label_mode).items()
+        }
+        instances = params.evaluate.model_dump(exclude={"overlay_slices"})
+        extra = spec.extra | {"thresholds": thresholds, "threshold_split": "val", "instances": instances}
+        return replace(spec, extra=extra)
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
