@@ -365,14 +365,14 @@ def _attach_lineage(raw: list[dict], prepared: list[dict], used: dict[str, Any],
                     owner.setdefault(kind, []).append(item)
 
 
-def pending_review(task: str) -> dict[str, Any]:
+def pending_review(task: str, settings: Any) -> dict[str, Any]:
     """Contributed samples waiting for the steward (hook: ``mlops.members.review.pending(task)``)."""
     try:
         from mlops.members.review import pending
     except ImportError:
         return {"available": False, "samples": [], "note": "no review queue is installed (mlops.members.review)"}
     try:
-        return {"available": True, "samples": list(pending(task)), "note": ""}
+        return {"available": True, "samples": list(pending(task, settings)), "note": ""}
     except Exception as exc:  # the queue's database may be unreachable: say so in the report, do not fail it
         return {"available": True, "samples": [], "note": f"review queue unreadable: {exc}"}
 
@@ -402,7 +402,7 @@ def audit(root: Path, task: str, params: Any, settings: Any, docs_dir: Path) -> 
         "champion": used.get("champion"),
         "lineage_error": used.get("error"),
         "unlinked_runs": [r for r in used["runs"] if not any(r in v.get("runs", []) for v in raw)],
-        "pending_review": pending_review(task),
+        "pending_review": pending_review(task, settings),
     }
     for v in raw:
         v.pop("listing", None)
