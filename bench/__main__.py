@@ -36,6 +36,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "tiny pipeline store (serving, overhead)",
     )
     parser.add_argument("--quick", action="store_true", help="shorter measurements and budgets (for trying it out)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads of this process and of both servers (OMP_NUM_THREADS); 0: torch's default. "
+        "Default 1: on a shared 2-core machine, 2 intra-op threads made single forward passes erratic (1-200 ms)",
+    )
     parser.add_argument("--out", type=Path, help="the Markdown file to update (default docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument(
@@ -50,8 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     names = list(dict.fromkeys(ALL if "all" in args.names else args.names))
 
+    if args.threads > 0:  # before torch is imported, here and in every process started from here
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    import torch
+
     from bench import report
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     out = args.out or report.DOC
     started = time.perf_counter()

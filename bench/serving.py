@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -68,14 +69,29 @@ def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str
         log.close()
 
 
+def threads_env() -> dict[str, str]:
+    """The benchmark's thread settings (``--threads``), for both servers alike."""
+    return {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
+
+
+def threads_note() -> str:
+    n = os.environ.get("OMP_NUM_THREADS")
+    return f"{n} torch/OpenMP thread(s) (`--threads {n}`)" if n else "torch's default threads (`--threads 0`)"
+
+
 def our_service(store: Store, logdir: Path) -> contextlib.AbstractContextManager[str]:
-    env = {**store.env, "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT}
+    env = {**store.env, **threads_env(), "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT}
     cmd = [str(BIN / "mlops"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
     return server("mlops-serve", cmd, env, store.repo, "/readyz", logdir)
 
 
 def mlflow_server(store: Store, task: str, logdir: Path) -> contextlib.AbstractContextManager[str]:
-    env = {**store.env, "MLFLOW_TRACKING_URI": store.tracking_uri, "MLFLOW_REGISTRY_URI": store.tracking_uri}
+    env = {
+        **store.env,
+        **threads_env(),
+        "MLFLOW_TRACKING_URI": store.tracking_uri,
+        "MLFLOW_REGISTRY_URI": store.tracking_uri,
+    }
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{task}@champion", "--env-manager", "local"]
     cmd += ["-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
     return server(f"mlflow-serve-{task}", cmd, env, store.repo, "/ping", logdir)
@@ -142,11 +158,15 @@ def _preprocess(task: str, predictor, data: bytes) -> np.ndarray:
 
 def load_champion(store: Store, task: str):
     """The champion's predictor, loaded through its pyfunc exactly as the service loads it."""
+    import warnings
+
     import mlflow
 
     mlflow.set_tracking_uri(store.tracking_uri)
     mlflow.set_registry_uri(store.tracking_uri)
-    return mlflow.pyfunc.load_model(f"models:/{task}@champion").unwrap_python_model().predictor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's advice on type hints of PythonModel.predict
+        return mlflow.pyfunc.load_model(f"models:/{task}@champion").unwrap_python_model().predictor
 
 
 def champion_tasks(store: Store, wanted: tuple[str, ...] = TASKS) -> tuple[list[str], list[str]]:
@@ -189,26 +209,48 @@ class Load:
     errors: int
 
 
-def load(url: str, concurrency: int, duration: float, warmup: float, body: Path, **spec) -> Load:
-    """Run the load generator in its own process and summarise its latencies."""
+def _loadgen(spec: dict) -> dict:
+    """Run the load generator in its own process; its raw result."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(
-            {"url": url, "concurrency": concurrency, "duration": duration, "warmup": warmup}
-            | {"body": str(body)}
-            | spec,
-            f,
-        )
+        json.dump({**spec, "body": str(spec["body"])}, f)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", f.name], capture_output=True, text=True, timeout=duration * 4 + 300
+        [sys.executable, "-m", "bench.loadgen", f.name],
+        capture_output=True,
+        text=True,
+        timeout=float(spec["duration"]) * 4 + 300,
     )
     Path(f.name).unlink()
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["errors"]:
-        print(f"  {result['errors']} failed requests at {url}, e.g. {result['error_sample']}", flush=True)
-    lat = result["latencies_ms"]
-    return Load(result["rps"], percentile(lat, 50), percentile(lat, 99), result["requests"], result["errors"])
+        print(f"  {result['errors']} failed requests at {spec['url']}, e.g. {result['error_sample']}", flush=True)
+    return result
+
+
+def compare(specs: dict[str, dict], clients: int, duration: float, warmup: float, rounds: int) -> dict[str, Load]:
+    """Load each target for ``duration`` s in total, in ``rounds`` alternating slices, so that a burst of other
+    work on the machine falls on both sides rather than on one."""
+    lat: dict[str, list[float]] = {name: [] for name in specs}
+    secs = dict.fromkeys(specs, 0.0)
+    errs = dict.fromkeys(specs, 0)
+    names = list(specs)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            got = _loadgen({**specs[name], "concurrency": clients, "duration": duration / rounds, "warmup": warmup})
+            lat[name] += got["latencies_ms"]
+            secs[name] += got["seconds"]
+            errs[name] += got["errors"]
+    return {
+        name: Load(
+            len(lat[name]) / secs[name],
+            percentile(lat[name], 50),
+            percentile(lat[name], 99),
+            len(lat[name]),
+            errs[name],
+        )
+        for name in names
+    }
 
 
 def _bodies(sample: Sample, folder: Path) -> tuple[Path, Path]:
@@ -219,29 +261,49 @@ def _bodies(sample: Sample, folder: Path) -> tuple[Path, Path]:
     return upload, inputs
 
 
-def _check_answers(ours: str, theirs: str, sample: Sample, headers: dict[str, str]) -> float:
-    """Both servers answer the sample; the max difference of MLflow's output from the in-process model."""
+def _specs(ours: str, theirs: str, sample: Sample, folder: Path, headers: dict[str, str]) -> dict[str, dict]:
+    upload, inputs = _bodies(sample, folder)
+    return {
+        "ours": {
+            "url": f"{ours}/v1/models/{sample.task}/predict",
+            "body": upload,
+            "kind": "upload",
+            "content_type": sample.content_type,
+            "filename": sample.filename,
+            "headers": headers,
+        },
+        "mlflow": {"url": f"{theirs}/invocations", "body": inputs, "kind": "json", "content_type": "application/json"},
+    }
+
+
+def _check_and_warm(ours: str, theirs: str, sample: Sample, headers: dict[str, str], n: int = 20) -> float:
+    """Both servers answer the sample (``n`` times, as warm-up); the max difference of MLflow's output
+    from the in-process model."""
     files = {"file": (sample.filename, sample.upload, sample.content_type)}
-    resp = httpx.post(f"{ours}/v1/models/{sample.task}/predict", files=files, headers=headers, timeout=60)
-    if resp.status_code != 200:
-        raise RuntimeError(f"our service answered {resp.status_code}: {resp.text[:500]}")
-    resp = httpx.post(f"{theirs}/invocations", json={"inputs": sample.tensor.tolist()}, timeout=60)
-    if resp.status_code != 200:
-        raise RuntimeError(f"mlflow models serve answered {resp.status_code}: {resp.text[:500]}")
+    body = {"inputs": sample.tensor.tolist()}
+    with httpx.Client(timeout=60) as http:
+        for _ in range(n):
+            resp = http.post(f"{ours}/v1/models/{sample.task}/predict", files=files, headers=headers)
+            if resp.status_code != 200:
+                raise RuntimeError(f"our service answered {resp.status_code}: {resp.text[:500]}")
+            resp = http.post(f"{theirs}/invocations", json=body)
+            if resp.status_code != 200:
+                raise RuntimeError(f"mlflow models serve answered {resp.status_code}: {resp.text[:500]}")
     got = np.asarray(resp.json()["predictions"], dtype=np.float32)
     return float(np.abs(got - sample.predictor.predict_array(sample.tensor)).max())
 
 
 def bench_serving(store: Store, quick: bool = False) -> Section:
     section = Section("serving", "1. Serving: our service vs `mlflow models serve` (same champion)")
-    duration, warmup = (3.0, 1.0) if quick else (10.0, 2.0)
+    duration, warmup, rounds = (3.0, 0.5, 2) if quick else (12.0, 0.5, 4)
     tasks, skipped = champion_tasks(store)
     for note in skipped:
         section.note(note)
     headers, key_note = api_key_headers(store)
     work = Path(tempfile.mkdtemp(prefix="mlops-bench-serving-"))
     table = section.table(
-        f"requests/s and latency (ms) at N concurrent clients, {duration:.0f} s each after {warmup:.0f} s warm-up",
+        f"requests/s and latency (ms) at N concurrent clients: {duration:.0f} s of load per server and level, in "
+        f"{rounds} alternating slices",
         [
             "task",
             "clients",
@@ -260,32 +322,16 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
     by_task = samples(store, tasks, work)
     with our_service(store, work) as ours:
         for task, sample in by_task.items():
-            upload, inputs = _bodies(sample, work)
             with mlflow_server(store, task, work) as theirs:
-                diff = _check_answers(ours, theirs, sample, headers)
+                diff = _check_and_warm(ours, theirs, sample, headers)
                 section.note(
                     f"{task}: champion `{sample.model_name}`, upload {len(sample.upload) / 1024:.0f} KiB "
                     f"{sample.content_type}, model input {tuple(sample.tensor.shape)}; MLflow's answer differs from "
                     f"the in-process model by at most {diff:.1e}"
                 )
-                ours_spec = dict(
-                    url=f"{ours}/v1/models/{task}/predict",
-                    body=upload,
-                    kind="upload",
-                    content_type=sample.content_type,
-                    filename=sample.filename,
-                    headers=headers,
-                )
-                theirs_spec = dict(
-                    url=f"{theirs}/invocations", body=inputs, kind="json", content_type="application/json"
-                )
-                for i, clients in enumerate(CONCURRENCY):
-                    specs = {"ours": ours_spec, "mlflow": theirs_spec}
-                    order = ("ours", "mlflow") if i % 2 == 0 else ("mlflow", "ours")  # neither always goes first
-                    got = {
-                        name: load(concurrency=clients, duration=duration, warmup=warmup, **specs[name])
-                        for name in order
-                    }
+                specs = _specs(ours, theirs, sample, work, headers)
+                for clients in CONCURRENCY:
+                    got = compare(specs, clients, duration, warmup, rounds)
                     a, b = got["ours"], got["mlflow"]
                     table.add(
                         task,
@@ -308,9 +354,9 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
         "image). Benchmark 2 splits our latency into these steps."
     )
     section.note(
-        "Both are one uvicorn process with torch's default threads; our service runs model compute one request at a "
-        "time (a lock), MLflow's runs requests in a thread pool. The load generator (async httpx, one process) shares "
-        f"the same cores. {key_note}."
+        f"Both are one uvicorn process with {threads_note()}; our service runs model compute one request at a "
+        "time (a lock), MLflow's runs requests in a thread pool. The load generator (async httpx, one process, one "
+        f"connection per client) shares the same cores. {key_note}."
     )
     return section
 
@@ -318,25 +364,28 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
 # --- benchmark 2 ----------------------------------------------------------------------------------------
 
 
-def timings(fn: Callable[[], object], seconds: float, min_reps: int = 30, warmup: int = 10) -> list[float]:
-    """Wall times (ms) of repeated calls: at least ``min_reps``, else for about ``seconds``."""
-    for _ in range(warmup):
-        fn()
-    out: list[float] = []
+def interleaved(fns: dict[str, Callable[[], object]], seconds: float, min_reps: int = 30) -> dict[str, float]:
+    """Median wall time (ms) of each function, called round-robin (A, B, C, A, B, C, ...) for about ``seconds``
+    (at least ``min_reps`` calls each), so that other work on the machine slows all of them alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     end = time.perf_counter() + seconds
-    while len(out) < min_reps or time.perf_counter() < end:
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
+    while min(len(t) for t in times.values()) < min_reps or time.perf_counter() < end:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: median(t) for name, t in times.items()}
 
 
 def bench_overhead(store: Store, quick: bool = False) -> Section:
     import torch
 
     section = Section("overhead", "2. Serving vs the bare model (batch-1 latency, batching)")
-    seconds = 1.5 if quick else 4.0
-    duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
+    seconds = 3.0 if quick else 10.0
+    duration, warmup, rounds = (3.0, 0.5, 2) if quick else (10.0, 0.5, 4)
     tasks, skipped = champion_tasks(store)
     for note in skipped:
         section.note(note)
@@ -346,59 +395,71 @@ def bench_overhead(store: Store, quick: bool = False) -> Section:
         "p50 latency (ms) of one input, each step against the bare forward pass `model(x)` measured in this process",
         ["task", "what", "p50 ms", "× bare forward"],
     )
-    batching = section.table(
-        "forward throughput (inputs/s) in this process: N batch-1 forwards vs one forward of a batch of N",
-        ["task", "N", "batch-1 × N inputs/s", "one batch of N inputs/s", "batched / batch-1"],
-    )
+    batch_rows = []
     by_task = samples(store, tasks, work)
     with our_service(store, work) as ours:
         for task, sample in by_task.items():
-            upload, inputs = _bodies(sample, work)
-            predictor = sample.predictor
-            model = predictor.model
+            predictor, model = sample.predictor, sample.predictor.model
             x = torch.as_tensor(sample.tensor)
 
             def forward(m=model, t=x):
                 with torch.no_grad():
                     return m(t)
 
-            bare = median(timings(forward, seconds))
+            got = interleaved(
+                {
+                    "bare": forward,
+                    "array": lambda p=predictor, s=sample: p.predict_array(s.tensor),
+                    "upload": lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type),
+                },
+                seconds,
+            )
+            bare = got["bare"]
             steps.add(task, "bare `model(x)`, no_grad (baseline)", bare, 1.0)
-            p50 = median(timings(lambda p=predictor, s=sample: p.predict_array(s.tensor), seconds))
-            steps.add(task, "pyfunc `predict_array` (what MLflow's server calls)", p50, ratio(p50, bare))
-            p50 = median(
-                timings(lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type), seconds, warmup=3)
+            steps.add(
+                task, "pyfunc `predict_array` (what MLflow's server calls)", got["array"], ratio(got["array"], bare)
             )
             steps.add(
-                task, "`predict_upload` in process: decode, preprocess, forward, Grad-CAM, PNG", p50, ratio(p50, bare)
+                task,
+                "`predict_upload` in process: decode, preprocess, forward, Grad-CAM, PNG",
+                got["upload"],
+                ratio(got["upload"], bare),
             )
-            got = load(
-                f"{ours}/v1/models/{task}/predict",
-                1,
-                duration,
-                warmup,
-                upload,
-                kind="upload",
-                content_type=sample.content_type,
-                filename=sample.filename,
-                headers=headers,
-            )
-            steps.add(task, "our service, HTTP upload, 1 client", got.p50, ratio(got.p50, bare))
             with mlflow_server(store, task, work) as theirs:
-                got = load(
-                    f"{theirs}/invocations", 1, duration, warmup, inputs, kind="json", content_type="application/json"
-                )
-            steps.add(task, "`mlflow models serve`, JSON tensor, 1 client", got.p50, ratio(got.p50, bare))
+                _check_and_warm(ours, theirs, sample, headers)
+                http = compare(_specs(ours, theirs, sample, work, headers), 1, duration, warmup, rounds)
+            steps.add(task, "our service, HTTP upload, 1 client", http["ours"].p50, ratio(http["ours"].p50, bare))
+            steps.add(
+                task,
+                "`mlflow models serve`, JSON tensor, 1 client",
+                http["mlflow"].p50,
+                ratio(http["mlflow"].p50, bare),
+            )
             for n in (8, 32):
                 batch = torch.as_tensor(np.repeat(sample.tensor, n, axis=0))
-                single = median(timings(forward, seconds)) * n
-                whole = median(timings(lambda m=model, b=batch: forward(m, b), seconds))
-                batching.add(task, n, 1000 * n / single, 1000 * n / whole, ratio(single, whole))
+
+                def singles(n=n, f=forward):
+                    for _ in range(n):
+                        f()
+
+                got = interleaved({"singles": singles, "batch": lambda f=forward, b=batch: f(t=b)}, seconds / 2)
+                batch_rows.append(
+                    (task, n, 1000 * n / got["singles"], 1000 * n / got["batch"], ratio(got["singles"], got["batch"]))
+                )
+    batching = section.table(
+        "forward throughput (inputs/s) in this process: N batch-1 forwards vs one forward of a batch of N",
+        ["task", "N", "batch-1 × N inputs/s", "one batch of N inputs/s", "batched / batch-1"],
+    )
+    for row in batch_rows:
+        batching.add(*row)
     section.note(
         "The service does not batch requests together: each request is one batch-1 forward (plus Grad-CAM) under a "
         "compute lock. The batching table shows what dynamic batching would gain on the forward pass alone; the "
         "Grad-CAM backward pass and PNG encoding are per image either way."
     )
-    section.note(f"torch threads in this process: {torch.get_num_threads()} (the servers use torch's default too).")
+    section.note(
+        "In-process steps are timed round-robin (bare, predict_array, predict_upload, bare, ...) and the two HTTP "
+        f"servers in alternating slices. Threads: {threads_note()} here and in both servers."
+    )
     section.note(key_note + ".")
     return section
