@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -300,21 +299,33 @@ def test_reject_needs_a_reason_and_keeps_the_record(service):
     assert record["status"] == "rejected" and record["reviewed_by"] == "steve" and record["review_note"] == "not SEM"
 
 
-def test_release_through_the_service_needs_the_admin_role(service):
+def registry_client(service):
+    """A client on the service's store itself (SQLite, not through a server)."""
     from mlflow import MlflowClient
 
     from mlops.settings import Settings
     from mlops.tracking.runs import connect
 
+    connect(Settings(home=service["env"]["MLOPS_HOME"]))  # MLflow resolves `models:/` sources globally
+    return MlflowClient()
+
+
+def champion_version(service):
+    return registry_client(service).get_model_version_by_alias("fracture", "champion")
+
+
+def extra_version(service):
+    """A second version of the champion's weights (a new version to move the alias to)."""
+    current = champion_version(service)
+    return registry_client(service).create_model_version(
+        "fracture", current.source, run_id=current.run_id, tags=current.tags
+    )
+
+
+def test_release_through_the_service_needs_the_admin_role(service):
     base, keys = service["base"], service["keys"]
-    os.environ["MLOPS_HOME"] = service["env"]["MLOPS_HOME"]
-    try:
-        connect(Settings())
-        client = MlflowClient()
-        v1 = client.get_model_version_by_alias("fracture", "champion")
-        v2 = client.create_model_version("fracture", v1.source, run_id=v1.run_id, tags=v1.tags)
-    finally:
-        os.environ.pop("MLOPS_HOME")
+    v1 = champion_version(service)
+    v2 = extra_version(service)
     body = {"version": str(v2.version), "reason": "same weights, new version"}
     r = httpx.post(f"{base}/v1/registry/fracture/promote", json=body, headers={"X-API-Key": keys["steve"]})
     assert r.status_code == 403 and "admin" in r.json()["detail"]
@@ -347,7 +358,9 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
     assert unsigned.status_code == 401 and "signature" in unsigned.json()["detail"]
 
     port = free_port()
+    # Loopback over plain http is this test's setup; MLflow allows only https to public hosts by default.
     env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+    env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
     db = Path(env["MLOPS_HOME"]) / "mlflow.db"
     mlflow_server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--port", str(port)],
@@ -367,8 +380,7 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
             secret="s3cret",
         )
         served = httpx.get(f"{base}/v1/models", timeout=30).json()["models"][0]["version"]
-        versions = [mv.version for mv in client.search_model_versions("name='fracture'")]
-        target = next(v for v in versions if str(v) != served)
+        target = extra_version(service).version
         client.set_registered_model_alias("fracture", "champion", target)
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -85,7 +85,7 @@ class KeyStore:
     def authenticate(self, key: str | None) -> Member:
         if not key:
             raise AuthError("an API key is required: send it in the X-API-Key header (ask an admin for one)")
-        parts = key.split("_")
+        parts = key.split("_", 2)  # the secret may itself contain "_"
         if len(parts) != 3 or parts[0] != PREFIX:
             raise AuthError("malformed API key: it looks like mlk_<id>_<secret>")
         with self.engine.connect() as conn:
