@@ -253,3 +253,71 @@ def test_conflict_while_the_lock_is_held(registry):
     with store.release_lock(TASK, "someone-else"), pytest.raises(PromotionConflict, match="in progress"):
         promote(TASK, make(accuracy=0.8), settings, params, "rm", "now")
     assert history(TASK, settings) == []
+
+
+def test_status_card_history_at_and_cli_on_postgres(pg_registry):
+    """The release manager's read side against PostgreSQL: status, card, history --at, verify (CLI too)."""
+    from mlops.registry.cards import model_card
+    from mlops.registry.versions import status
+
+    settings, params, params_path, make = pg_registry
+    v1, v2 = make(accuracy=0.8), make(accuracy=0.85)
+    promote(TASK, v1, settings, params, "alice", "first")
+    time.sleep(0.05)
+    between = datetime.now(UTC).isoformat()
+    time.sleep(0.05)
+    promote(TASK, v2, settings, params, "bob", "better")
+    (row,) = status(settings, [TASK])
+    assert row["champion"] == v2 and row["champion_promoted_by"] == "bob"
+    assert row["champion_metrics"]["test_accuracy"] == "0.85" and row["champion_data"] == "md5-a"
+    card = model_card(TASK, v2, params)
+    assert f"v{v2}" in card and "test_accuracy" in card and "md5-a" in card
+    assert history(TASK, settings, at=between)[-1].to_version == v1
+
+    env = {
+        **env_for(settings.home_dir),
+        "MLOPS_TRACKING_URI": os.environ["MLOPS_TRACKING_URI"],
+        "MLOPS_ARTIFACT_ROOT": os.environ["MLOPS_ARTIFACT_ROOT"],
+    }
+    cli = str(BIN / "mlops")
+    out = subprocess.run(
+        [cli, "registry", "history", TASK, "--at", between, "--json"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert f'"to_version": "{v1}"' in out.stdout and f'"to_version": "{v2}"' not in out.stdout
+    verified = subprocess.run([cli, "registry", "verify"], env=env, capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_member_records_on_postgres(pg_registry, tmp_path):
+    """API keys, request log and the review queue work on the PostgreSQL the cluster mode uses."""
+    from mlops.members.keys import AuthError, KeyStore
+    from mlops.members.requestlog import RequestLog
+    from mlops.members.review import ReviewQueue
+
+    settings = pg_registry[0]
+    url = settings.resolved_service_db_uri
+    assert url.startswith("postgresql")
+    keys = KeyStore(url)
+    member, key = keys.issue("acme", "member", "admin")
+    assert keys.authenticate(key) == member
+    keys.revoke(member.key_id)
+    with pytest.raises(AuthError, match="revoked"):
+        keys.authenticate(key)
+
+    log = RequestLog(url)
+    log.record(key_id=member.key_id, member="acme", route="/v1/models/x/predict", status=200, latency_ms=1.0)
+    log.flush()
+    assert log.rows("acme")[0]["status"] == 200
+    log.close()
+
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (40, 40), 128).save(buf, format="PNG")
+    queue = ReviewQueue(url, tmp_path / "blobs")
+    c = queue.submit("fracture", "acme", member.key_id, buf.getvalue(), "fatigue", {"magnification": "500"})
+    assert [p.id for p in queue.list("fracture")] == [c.id]
+    assert queue.reject(c.id, "steve", "blank image").status == "rejected"
