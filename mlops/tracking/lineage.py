@@ -82,6 +82,8 @@ def lineage_tags(
         f"{TAG}validation.success": str(report.success).lower(),
         f"{TAG}validation.report": str(validation_report),
         f"{TAG}validation.at": report.validated_at,
+        # The Data Docs page of the result this run trained on (kept per data version).
+        f"{TAG}validation.docs": report.docs or "",
     }
     if sweep_id:
         tags[f"{TAG}sweep_id"] = sweep_id

@@ -320,6 +320,30 @@ class FractureTask(Task):
             progress,
         )
 
+    contribution_labels = CLASSES
+    contribution_fields = ("magnification",)
+
+    def add_contribution(
+        self, raw_dir: Path, sample_id: str, data: bytes, suffix: str, label: str, source: str, meta: dict[str, str]
+    ) -> Path:
+        """Image under ``images/`` plus one labels.csv row; ``source`` (the member) becomes its split group."""
+        if label not in CLASSES:
+            raise ValueError(f"unknown failure mode {label!r}; known: {list(CLASSES)}")
+        if find_image(raw_dir, sample_id) is not None:
+            raise ValueError(f"{raw_dir} already holds an image {sample_id}; nothing was written")
+        labels_path = raw_dir / "labels.csv"
+        if not labels_path.is_file():
+            raise ValueError(f"{labels_path} is missing: contributions join an existing fracture dataset")
+        image = raw_dir / "images" / f"{sample_id}{suffix}"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(data)
+        if not labels_path.read_bytes().endswith(b"\n"):  # a hand-edited table may lack the final newline
+            with labels_path.open("a") as fh:
+                fh.write("\n")
+        row = pd.DataFrame([{"image_id": sample_id, "class": label, "source": source, **meta}])
+        row.to_csv(labels_path, mode="a", header=False, index=False, columns=list(LABEL_COLUMNS))
+        return image
+
     def simulated_samples(self, params: FractureParams) -> int:
         return params.simulate.n_specimens * params.simulate.images_per_specimen
 
