@@ -40,4 +40,11 @@ for task in $(python -c "from mlops.config import load_params; print(' '.join(lo
     || echo "!! $task: no champion promoted (see the gate failures above); the pipeline results stand"
 done
 mlops registry status
+# The service needs API keys: the first run issues one admin key for this machine's user, kept in a file
+# only they can read (the key itself is stored nowhere else; the database holds its hash).
+keyfile=$(python -c "from mlops.settings import Settings; print(Settings().home_dir / 'admin.key')")
+if [ ! -s "$keyfile" ]; then
+  (umask 077 && mlops keys issue "$(id -un)@$(hostname)" --role admin --by run.sh | tail -n 1 > "$keyfile")
+fi
+echo "admin API key (for the web page and X-API-Key): $keyfile; more: mlops keys issue NAME --role member"
 mlops info
