@@ -107,3 +107,55 @@ def write_params(folder: Path, data: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen, path: str = "/readyz", seconds: float = 120) -> None:
+    """Poll ``base + path`` until it answers 200; fail with the server's output if it dies or never does."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"server died:\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
+
+
+def start_service(repo: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`mlops serve` as a real uvicorn process in ``repo``; returns it and its base URL once ready."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlops"), "serve", "--port", str(port)],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base, proc)
+    return proc, base
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

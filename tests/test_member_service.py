@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,16 +21,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import BIN, ROOT, copy_repo, env_for, run
+from tests.conftest import BIN, ROOT, copy_repo, env_for, free_port, run, start_service, stop_process, wait_ready
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fracture_params() -> dict:
@@ -52,29 +45,6 @@ def fracture_experiment() -> dict:
     exp["budget"] = {"n_trials": 1, "epochs_per_trial": 1}
     exp["sampler"] = {"type": "random"}
     return exp
-
-
-def wait_ready(base: str, proc: subprocess.Popen, path: str = "/readyz", seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"server died:\n{proc.stdout.read()}")
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +78,9 @@ def service(tmp_path_factory):
         MLOPS_RATE_LIMIT_PER_MINUTE="60",
         MLOPS_RATE_LIMIT_BURST="6",
     )
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlops"), "serve", "--port", str(port)],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, proc)
+    proc, base = start_service(repo, env)
     yield {"base": base, "repo": repo, "env": env, "keys": keys}
-    stop(proc)
+    stop_process(proc)
 
 
 def new_key(service, name: str, role: str = "member") -> str:
@@ -392,7 +352,7 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
         client.set_registered_model_alias("fracture", "champion", served)  # leave the store as found
         httpx.post(f"{base}/v1/registry/events", headers={"X-API-Key": service["keys"]["ada"]}, timeout=60)
     finally:
-        stop(mlflow_server)
+        stop_process(mlflow_server)
 
 
 @pytest.fixture(scope="module")

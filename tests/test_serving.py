@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import subprocess
 import time
 
 import httpx
@@ -13,15 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import BIN, run
+from tests.conftest import run, start_service, stop_process
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,37 +40,11 @@ def server(pipeline_repo):
     env["MLOPS_ALIAS_POLL_SECONDS"] = "0.3"
     env["MLOPS_RATE_LIMIT_PER_MINUTE"] = "1000000"  # the hot-swap test sends requests as fast as it can
     env["MLOPS_RATE_LIMIT_BURST"] = "1000"
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlops"), "serve", "--port", str(port)],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"server died:\n{proc.stdout.read()}")
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
+    proc, base = start_service(repo, env)
     global KEY
     KEY = key
     yield {"base": base, "repo": repo, "env": env, "key": key}
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 def photo_bytes(fmt: str = "JPEG", size=(160, 120)) -> bytes:
