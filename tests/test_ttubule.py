@@ -207,6 +207,20 @@ def test_swept_threshold_metrics_use_the_mean_of_per_slice_best_thresholds():
     assert len(curves) == 256 and curves["f"].iloc[150] == pytest.approx(2 * 8 / (2 * 8 + 8))
 
 
+def test_compare_draws_both_arms_tubule_curves(tmp_path):
+    labels = np.zeros((2, 8, 8), dtype=np.uint8)
+    labels[:, 2:4] = 3
+    rng = np.random.default_rng(0)
+    tables = {
+        arm: {
+            "threshold_curves": swept_class_metrics(rng.random((2, 8, 8)), labels, 3)[1].assign(**{"class": "ttubule"})
+        }
+        for arm in ("multi_label", "single_label")
+    }
+    figures = TASK.compare(tables, tmp_path)
+    assert list(figures) == ["ttubule_arms.png"] and figures["ttubule_arms.png"].stat().st_size > 0
+
+
 # --- simulator, validation, prepare --------------------------------------------------------------------
 
 
@@ -337,6 +351,21 @@ def test_every_loss_works_in_both_label_modes(loss, label_mode):
     value.backward()
     assert torch.isfinite(value)
     assert torch.isfinite(segmentation_loss(out.detach(), targets))
+
+
+def test_single_label_learns_no_mitochondrion_contours():
+    labels = np.zeros((1, 16, 16), dtype=np.uint8)
+    labels[0, 2:8, 2:8] = 1  # a mitochondrion
+    labels[0, 10:12, 3:13] = 3  # a T-tubule
+    ids = np.where(labels == 1, 1, np.where(labels == 3, 2, 0)).astype(np.int32)
+    full = torch.from_numpy(np.stack([labels, boundary_map(ids)], axis=1))
+    tubes_only = full.clone()
+    tubes_only[:, 1] *= (full[:, 0] == 3).to(torch.uint8)
+    assert (tubes_only[:, 1] != full[:, 1]).any()
+    single = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert float(segmentation_loss(single, full)) == pytest.approx(float(segmentation_loss(single, tubes_only)))
+    multi = torch.randn(1, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert float(segmentation_loss(multi, full)) != pytest.approx(float(segmentation_loss(multi, tubes_only)))
 
 
 def test_the_criterion_is_the_loss_the_model_was_built_with():

@@ -191,8 +191,9 @@ class TTubulePredictor(Predictor):
             "overlay_slice": show,
             "overlay_png": _png(class_overlay(normalised[show], {c: m[show] for c, m in masks.items()})),
             "explanation": (
-                "masks: one PNG per slice and class (255 = class); instances: 3-D marker watershed of the T-tubule "
-                "probability minus the boundary probability; volumes use the training data's voxel size"
+                "masks: one PNG per slice and class (255 = class: probability above the class's threshold, the mean "
+                "of the per-slice best thresholds on the validation slices); instances: 3-D marker watershed of the "
+                "T-tubule probability minus the boundary probability; volumes use the training data's voxel size"
             ),
         }
 

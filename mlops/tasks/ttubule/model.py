@@ -149,7 +149,11 @@ def _soft_overlap(prob: torch.Tensor, target: torch.Tensor, alpha: float, eps: f
 
 
 def segmentation_loss(outputs: torch.Tensor, targets: torch.Tensor, cfg: LossConfig | None = None) -> torch.Tensor:
-    """Class loss (per ``cfg.loss``) + ``boundary_weight`` x boundary BCE; targets (N, 2, H, W): label, boundary."""
+    """Class loss (per ``cfg.loss``) + ``boundary_weight`` x boundary BCE; targets (N, 2, H, W): label, boundary.
+
+    The boundary target holds the contours of every instance (mitochondria and T-tubules); single-label
+    learns those of the T-tubules only, so no mitochondrion information reaches it through the boundary output.
+    """
     cfg = cfg or LossConfig()
     labels = targets[:, 0].long()
     boundary = targets[:, 1].float()
@@ -172,6 +176,8 @@ def segmentation_loss(outputs: torch.Tensor, targets: torch.Tensor, cfg: LossCon
     else:
         logit = class_logits[:, 0]
         target = (labels == TTUBULE).float()
+        # Single-label knows T-tubules only: its boundary target is their contours, not the mitochondria's too.
+        boundary = boundary * target
         pos_weight = torch.tensor(cfg.rare_weight, device=outputs.device) if cfg.loss == "weighted_ce" else None
         bce = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight, reduction="none")
         if cfg.loss == "focal":

@@ -67,7 +67,8 @@ def overlays(
     for row, i in zip(axes, chosen, strict=True):
         channel = dict(zip(thresholds, range(len(thresholds)), strict=True))
         masks = {
-            cls: probs[i, cls if label_mode == "multi" else channel[cls]] * 255 > t for cls, t in thresholds.items()
+            cls: np.rint(probs[i, cls if label_mode == "multi" else channel[cls]] * 255) > t
+            for cls, t in thresholds.items()
         }
         row[0].imshow(x[i], cmap="gray", vmin=0, vmax=255)
         row[0].set_title(f"{ids[i]} (normalised)", fontsize=8)
@@ -112,6 +113,31 @@ def instance_slices(
             ax.axis("off")
     fig.tight_layout()
     path = out_dir / "ttubule_instances.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def compare_arms(curves: dict[str, pd.DataFrame], out_dir: Path) -> Path:
+    """The study's comparison in one figure: T-tubule F, precision and recall against the threshold, per arm
+    (each arm's pooled test curves, ``threshold_curves`` of its evaluation)."""
+    plt = _figure()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    for colour, (arm, table) in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), curves.items(), strict=False):
+        part = table[table["class"] == "ttubule"]
+        for ax, column in zip(axes, ("f", "precision", "recall"), strict=True):
+            label = f"{arm} (best F {part['f'].max():.2f})" if column == "f" else arm
+            ax.plot(part["threshold"], part[column], color=colour, label=label)
+    for ax, column in zip(axes, ("F", "precision", "recall"), strict=True):
+        ax.set_title(f"T-tubule {column}")
+        ax.set_xlabel("threshold on 255 x probability")
+        ax.set_xlim(0, 255)
+        ax.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("ttubule test split: the arms' pooled T-tubule curves")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "ttubule_arms.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

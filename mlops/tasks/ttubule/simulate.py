@@ -18,9 +18,10 @@ Geometry (axes z = slice, y, x; myofibrils run along x):
   longitudinal sarcoplasmic reticulum (SR) tubules running along x within one sarcomere, in the clefts and
   over the myofibrils; transverse SR segments at the M lines (where a T-tubule would cross, half a sarcomere
   off); vesicles (round profiles, like a T-tubule cut across);
-- extracellular space beyond the sarcolemma in some volumes, as bright as T-tubule lumen (it is continuous
-  with it in a real cell), crossed by darker collagen and basal-lamina material that leaves narrow bright
-  clefts of a tubule's width; labelled background: the study's main source of false positives;
+- extracellular space beyond the sarcolemma in some volumes: processes of neighbouring cells (not striated)
+  separated by narrow extracellular clefts as bright as T-tubule lumen (it is continuous with it in a real
+  cell) and about as wide, between dark membranes, one of them along the sarcolemma; labelled background:
+  the study's main source of false positives;
 
 then an in-plane blur, a per-slice intensity drift (gain and offset, so normalisation matters) and Poisson
 (shot) noise.
@@ -56,7 +57,7 @@ CYTOSOL, I_BAND, A_BAND, M_LINE, Z_LINE = 182.0, 158.0, 143.0, 152.0, 85.0
 MITO_MATRIX, MITO_RIM, TUBE_RIM = 88.0, 52.0, 78.0
 # Lumen of every membrane-bound compartment (T-tubules and their look-alikes alike): drawn per object.
 LUMEN_LOW, LUMEN_HIGH, THIN_LUMEN_LOW, THIN_LUMEN_HIGH = 206.0, 228.0, 192.0, 210.0
-EXTRACELLULAR, COLLAGEN, SARCOLEMMA = 216.0, 120.0, 70.0
+NEIGHBOUR, SARCOLEMMA = 165.0, 70.0
 #: membrane rim around tubes and vesicles (nm); length range of a transverse tubule (T-tubule or M-line SR)
 RIM_NM = 55.0
 TRANSVERSE_LENGTH_NM = (1000.0, 3000.0)
@@ -101,7 +102,7 @@ class SimVolume:
     labels: np.ndarray  # (Z, Y, X) uint8
     instances: np.ndarray  # (Z, Y, X) uint16
     voxel_size_nm: tuple[float, float, float]  # z, y, x
-    #: look-alike voxels (SR, vesicles, extracellular clefts; all labelled background), for tests and figures
+    #: look-alike voxels inside the cell (SR tubules, vesicles; labelled background), for tests and figures
     lookalikes: np.ndarray | None = None
     #: distance (nm) of each voxel to the nearest Z line along x
     zline_distance: np.ndarray | None = None
@@ -395,6 +396,7 @@ def simulate_volume(rng: np.random.Generator, s: SimSettings) -> SimVolume:
     # Extracellular space beyond a wavy sarcolemma along one side (y high), in some volumes only.
     inside = np.ones(shape, dtype=bool)
     sarcolemma = np.zeros(shape, dtype=bool)
+    border = np.inf
     if rng.random() < s.extracellular_probability:
         share = rng.uniform(s.extracellular_share_low, s.extracellular_share_high)
         border = (1 - share) * Y * dxy + 180.0 * _waves(rng, [z, x], (2500, 6000), n=2)
@@ -455,19 +457,22 @@ def simulate_volume(rng: np.random.Generator, s: SimSettings) -> SimVolume:
     # Tubes cut into a mitochondrion leave it smaller; its id stays. Tube ids follow the mitochondria's.
     instances[is_tube] = tubes[is_tube] + int(mito.max())
 
-    # Outside the cell: lumen-bright extracellular fluid crossed by darker collagen and basal lamina, which
-    # leaves bright clefts about a tubule wide between them.
+    # Outside the cell: processes of neighbouring cells (fibroblasts, endothelium: not striated, cytosol-gray)
+    # separated by narrow extracellular clefts as bright as T-tubule lumen and about as wide, between dark
+    # membranes; one such cleft runs along the sarcolemma.
     outside = ~inside
     labels[outside] = BACKGROUND
     instances[outside] = 0
     if outside.any():
-        field = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), (0.7, 2.5, 2.5))
+        field = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), (1.0, 4.0, 4.0))
         field /= field.std() + 1e-6
-        material = field > -0.2
-        extracellular = np.where(material, COLLAGEN + 25.0 * field, EXTRACELLULAR)
-        membrane = _in_plane_rim(material) & outside
-        image[outside] = extracellular[outside]
-        image[membrane] = TUBE_RIM
+        width = rng.uniform(2 * s.tube_radius_low_nm, 2 * s.tube_radius_high_nm)
+        clefts = outside & ((np.abs(field) < 0.3) | (y < border + width))
+        processes = outside & ~clefts
+        grain = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), (0, 1.0, 1.0))
+        image[processes] = (NEIGHBOUR + 30.0 * grain)[processes]
+        image[clefts] = rng.uniform(LUMEN_LOW, LUMEN_HIGH)
+        image[_in_plane_rim(processes)] = TUBE_RIM
         image[sarcolemma] = SARCOLEMMA
 
     # Acquisition: in-plane blur, per-slice drift of gain and offset, then shot noise.

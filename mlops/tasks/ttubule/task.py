@@ -592,6 +592,11 @@ class TTubuleTask(Task):
         extra = spec.extra | {"thresholds": thresholds, "threshold_split": "val", "instances": instances}
         return replace(spec, extra=extra)
 
+    def compare(self, tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:
+        """The arms' T-tubule curves (F, precision, recall against the threshold) in one figure."""
+        curves = {arm: t["threshold_curves"] for arm, t in tables.items() if "threshold_curves" in t}
+        return {"ttubule_arms.png": plots.compare_arms(curves, out_dir)} if curves else {}
+
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
 
