@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def split_groups(
-    groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, np.ndarray]:
+def split_groups(groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Indices of samples per split ('train', 'val', 'test'), no group crossing splits.
 
     Groups are shuffled with ``seed`` and cut by group count; each split gets at least one group
