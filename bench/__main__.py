@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="the Markdown file to update (default docs/benchmarks.md)")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary stores, datasets and server logs")
     parser.add_argument(
         "--note",
         default=os.environ.get("BENCH_NOTE", ""),
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     out = args.out or report.DOC
+    # Every temporary folder of this run goes under one, removed at the end (the main command's clone stays).
+    tempfile.tempdir = tempfile.mkdtemp(prefix="mlops-bench-run-")
+    print(f"temporary files under {tempfile.tempdir}", flush=True)
     started = time.perf_counter()
     store = None
     sweep_data = None
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_write:
             report.write(section, out, args.note)
     print(f"\ndone in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    if not args.keep and "main" not in names:
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
