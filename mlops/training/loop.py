@@ -98,13 +98,14 @@ def fit(
         generator.set_state(state["generator"])
 
     stale = 0 if best_epoch < 0 else len(history) - 1 - best_epoch
+    criterion = task.criterion(model)  # the task's loss, bound to the model's tuned loss settings
     for epoch in range(start, cfg.epochs):
         model.train()
         total, count = 0.0, 0
         for x, y in train_loader:
             x, y = x.to(dev), y.to(dev)
             optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model(x), y)
+            loss = criterion(model(x), y)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(x)
