@@ -52,18 +52,22 @@ def _lineage_run(repo: Path, env: dict) -> tuple[str, str]:
         "mlops.data.prepared_md5": prepared,
         "mlops.validation.report": f"reports/{TASK}/validation.json",
     }
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{repo / '.mlops' / 'mlflow.db'}")
+    before, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri = f"sqlite:///{repo / '.mlops' / 'mlflow.db'}"
+    # Both URIs: an earlier test in the session may have pointed the global registry URI elsewhere.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         experiment = mlflow.create_experiment(TASK, artifact_location=str(repo / ".mlops" / "mlartifacts"))
         with mlflow.start_run(experiment_id=experiment, run_name="train-custom_cnn", tags=tags) as active:
             mlflow.log_metric("test_accuracy", 0.5)
-        client = MlflowClient()
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.create_registered_model(TASK)
         mv = client.create_model_version(TASK, f"runs:/{active.info.run_id}/model", active.info.run_id, tags=tags)
         client.set_registered_model_alias(TASK, "champion", mv.version)
     finally:
         mlflow.set_tracking_uri(before)
+        mlflow.set_registry_uri(before_registry)
     return active.info.run_id, mv.version
 
 
