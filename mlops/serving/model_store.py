@@ -8,10 +8,8 @@ fails, the old version keeps serving and the failure shows in ``/readyz`` and ``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,11 +48,10 @@ class ModelStore:
         self._models: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}
         self._swap_lock = threading.Lock()
-        # Model compute (requests and a new version's warm-up) runs one at a time on one dedicated thread:
-        # torch already uses every core inside one call, a warm-up running beside a Grad-CAM request was
-        # seen to hang that request for good under load, and torch calls from many pool threads each grow
-        # their own OpenMP thread team (latency was seen to stay high after a burst of 32 clients).
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-compute")
+        # Model compute (requests and a new version's warm-up) runs one at a time: torch already uses
+        # every core inside one call, and a warm-up running beside a Grad-CAM request was seen to hang
+        # that request for good under load.
+        self._compute_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -64,10 +61,10 @@ class ModelStore:
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    async def predict(self, served: ServedModel, data: bytes, content_type: str) -> dict[str, Any]:
-        """Run one prediction on the compute thread; the event loop goes on serving meanwhile."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.compute, served.predictor.predict_upload, data, content_type)
+    def predict(self, served: ServedModel, data: bytes, content_type: str) -> dict[str, Any]:
+        """Run one prediction (in a worker thread; never on the event loop)."""
+        with self._compute_lock:
+            return served.predictor.predict_upload(data, content_type)
 
     def refresh(self) -> list[str]:
         """Load every task whose alias points to another version than the one served; return swapped tasks."""
@@ -111,7 +108,8 @@ class ModelStore:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{task}/{version}")
         predictor: Predictor = pyfunc.unwrap_python_model().predictor
         predictor.max_pixels = self.settings.max_image_pixels
-        self.compute.submit(predictor.predict_array, predictor.warmup_input()).result()
+        with self._compute_lock:
+            predictor.predict_array(predictor.warmup_input())
         lineage = {k.removeprefix(LINEAGE): v for k, v in mv.tags.items() if k.startswith(LINEAGE)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)
 
@@ -133,4 +131,3 @@ class ModelStore:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        self.compute.shutdown(wait=False, cancel_futures=True)

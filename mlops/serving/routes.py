@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from mlops.inference import BadInput
 from mlops.serving.guard import MemberCaller, note_call
@@ -62,5 +63,6 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store, m
         raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
     data, digest = await read_upload(file, limit)
     note_call(request, upload_bytes=len(data), upload_sha256=digest)
-    result = await store.predict(served, data, declared)
+    # Model compute runs in a worker thread so the event loop keeps serving other requests.
+    result = await run_in_threadpool(store.predict, served, data, declared)
     return {"task": task, "version": served.version, "alias": served.alias, "member": member.name, **result}
