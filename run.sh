@@ -22,7 +22,7 @@ fi
 dvc commit -f -q data.dvc
 # This run trains on what it just recorded (the validate stage would otherwise stop, seeing data.dvc differ
 # from git without a steward's `dvc add`); commit data.dvc afterwards to keep the version.
-MLOPS_ACCEPTED_DATA_VERSION=$(python -c "import yaml; print(yaml.safe_load(open('data.dvc'))['outs'][0]['md5'])")
+MLOPS_ACCEPTED_DATA_VERSION=$(python -c "from mlops.tracking.lineage import dvc_hash; print(dvc_hash('data/raw'))")
 export MLOPS_ACCEPTED_DATA_VERSION
 
 # Lineage lives in the MLflow store: when it is new (a fresh clone), every stage reruns so that the

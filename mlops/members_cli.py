@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -129,7 +130,7 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
         """Contributions waiting for review (or with another status)."""
         items = _queue().list(task, None if status == "all" else status)
         if as_json:
-            sys.stdout.write(json.dumps([c.__dict__ for c in items], indent=2) + "\n")
+            sys.stdout.write(json.dumps([asdict(c) for c in items], indent=2) + "\n")
             return
         table = Table(title=f"contributions ({status})")
         for col in ("#", "task", "member", "claimed", "meta", "received", "sha256", "status", "reviewed by"):
@@ -155,7 +156,7 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
         _steward(key)
         queue = _queue()
         c = queue.get(contribution_id)
-        sys.stdout.write(json.dumps({**c.__dict__, "image": str(queue.blob(c))}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({**asdict(c), "image": str(queue.blob(c))}, indent=2) + "\n")
 
     @review_app.command("accept")
     @friendly

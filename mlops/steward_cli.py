@@ -82,7 +82,8 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ) -> None:
         """Re-hash every object of a recorded version in the local cache and the remote; exit 1 if one is corrupt."""
-        from mlops.data.integrity import recorded_versions, verify_cache, verify_remote
+        from mlops.data.integrity import verify_cache, verify_remote
+        from mlops.data.versions import recorded_versions
 
         outs = recorded_versions(ROOT, rev)
         if not outs:

@@ -197,20 +197,6 @@ class Verification:
         return {"store": self.store, "checked": self.checked, "missing": self.missing, "corrupt": self.corrupt}
 
 
-def recorded_versions(root: Path, rev: str | None) -> dict[str, str]:
-    """path -> md5 of every out the `*.dvc` files and dvc.lock record (in the workspace, or at git ``rev``)."""
-    text_of = None if rev is None else (lambda name: show(root, rev, name))
-    found = {t.path: t.md5 for t in tracked_outs(root, text_of)}
-    lock = (root / "dvc.lock").read_text() if rev is None and (root / "dvc.lock").is_file() else None
-    if rev is not None:
-        lock = show(root, rev, "dvc.lock")
-    for entry in lock_stages(lock).values():
-        for out in entry.get("outs", []):
-            if isinstance(out, dict) and out.get("md5"):
-                found.setdefault(out["path"].rstrip("/"), out["md5"])
-    return found
-
-
 def _objects(store_read, md5: str, path: str, result: Verification) -> list[tuple[str, str]]:
     """(label, md5) of every file object of an out; a folder's listing comes from its `.dir` object."""
     if not md5.endswith(DIR_SUFFIX):

@@ -126,6 +126,20 @@ def lock_md5(stages: dict[str, dict], stage: str, path: str, kind: str) -> str |
     return None
 
 
+def recorded_versions(root: Path, rev: str | None) -> dict[str, str]:
+    """path -> md5 of every out the `*.dvc` files and dvc.lock record (in the workspace, or at git ``rev``)."""
+    text_of = None if rev is None else (lambda name: show(root, rev, name))
+    found = {t.path: t.md5 for t in tracked_outs(root, text_of)}
+    lock = (root / "dvc.lock").read_text() if rev is None and (root / "dvc.lock").is_file() else None
+    if rev is not None:
+        lock = show(root, rev, "dvc.lock")
+    for entry in lock_stages(lock).values():
+        for out in entry.get("outs", []):
+            if isinstance(out, dict) and out.get("md5"):
+                found.setdefault(out["path"].rstrip("/"), out["md5"])
+    return found
+
+
 # --- git -------------------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,12 @@ class ReviewQueue:
             raise ReviewError(f"the stored file of #{c.id} no longer matches its hash ({blob}); reject it")
         sample_id = f"contrib-{c.id:05d}-{c.content_sha256[:8]}"
         source = f"member-{c.member}"
-        written = get_task(c.task).add_contribution(
-            Path(raw_root) / c.task, sample_id, data, c.suffix, c.claimed_label, source, c.meta
-        )
+        try:
+            written = get_task(c.task).add_contribution(
+                Path(raw_root) / c.task, sample_id, data, c.suffix, c.claimed_label, source, c.meta
+            )
+        except ValueError as exc:  # the raw data cannot take it (no dataset there, a clashing id)
+            raise ReviewError(f"#{c.id} not accepted, nothing changed: {exc}") from exc
         self._decide(c.id, reviewer, "accepted", note, sample_id)
         return self.get(c.id), written
 
@@ -167,16 +170,14 @@ def pending(task: str, settings: Any = None) -> list[dict[str, Any]]:
 
     settings = settings or Settings()
     queue = ReviewQueue(settings.resolved_service_db_uri, settings.contributions_dir)
-    return [c.__dict__ for c in queue.list(task, "pending")]
+    return [asdict(c) for c in queue.list(task, "pending")]
 
 
-def raw_root(dvc_file: Path = Path("data.dvc")) -> Path:
+def raw_root(root: Path = Path(".")) -> Path:
     """Where raw datasets live: the folder ``data.dvc`` tracks (so the path is written once)."""
-    import yaml
+    from mlops.data.versions import tracked_outs
 
-    if not dvc_file.is_file():
-        raise FileNotFoundError(f"{dvc_file} is missing: run the review from the project root (or pass --raw-dir)")
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    outs = [t for t in tracked_outs(root) if t.dvc_file.name == "data.dvc"]
     if not outs:
-        raise ValueError(f"{dvc_file} tracks no folder")
-    return dvc_file.parent / outs[0]["path"]
+        raise ReviewError(f"no data.dvc tracks a folder in {root.resolve()}: review from the project root")
+    return root / outs[0].path

@@ -6,6 +6,8 @@ sample into the raw data folder the service was started beside (the folder data.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, UploadFile
@@ -28,7 +30,7 @@ def queue(request: Request) -> ReviewQueue:
 
 
 def _public(c) -> dict[str, Any]:
-    return {k: v for k, v in c.__dict__.items() if k != "key_id"}
+    return asdict(c)
 
 
 @router.post("/{task}", status_code=201)
@@ -38,18 +40,18 @@ async def contribute(
     label: Annotated[str, Form(description="the failure type you claim this image shows")],
     request: Request,
     member: MemberCaller,
-    magnification: Annotated[str, Form()] = "",
 ) -> dict[str, Any]:
+    """Multipart: ``file``, ``label``, and each field the task's layout needs (``contribution-form`` lists them)."""
     settings = request.app.state.settings
     check_declared_length(request, settings.max_upload_bytes)
     data, digest = await read_upload(file, settings.max_upload_bytes)
     note_call(request, task=task, upload_bytes=len(data), upload_sha256=digest)
     # Only a file that decodes within the pixel limit may wait for review (the same checks as predict).
     await run_in_threadpool(decode_image, data, settings.max_image_pixels)
+    form = await request.form()  # already parsed for the file and label; read the task's extra fields
+    meta = {k: str(v) for k, v in form.items() if k not in ("file", "label") and isinstance(v, str)}
     try:
-        c = await run_in_threadpool(
-            queue(request).submit, task, member.name, member.key_id, data, label, {"magnification": magnification}
-        )
+        c = await run_in_threadpool(queue(request).submit, task, member.name, member.key_id, data, label, meta)
     except ReviewError as exc:
         raise BadInput(str(exc), status=422) from exc
     return {"id": c.id, "status": c.status, "content_sha256": c.content_sha256, "message": "queued for review"}
@@ -82,7 +84,7 @@ def review(contribution_id: int, decision: Decision, request: Request, steward: 
     q = queue(request)
     try:
         if decision.accept:
-            c, written = q.accept(contribution_id, steward.name, raw_root(), decision.note)
+            c, written = q.accept(contribution_id, steward.name, raw_root(Path(".")), decision.note)
             return {**_public(c), "written": str(written)}
         return _public(q.reject(contribution_id, steward.name, decision.note))
     except ReviewError as exc:

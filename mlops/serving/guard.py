@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.types import ASGIApp
 
-from mlops.members.keys import AuthError, KeyStore, Member
+from mlops.members.keys import KeyStore, Member
 from mlops.members.ratelimit import RateLimiter
 from mlops.members.requestlog import RequestLog
 from mlops.settings import Settings
@@ -102,6 +102,3 @@ class RequestLogMiddleware:
                     latency_ms=round((time.perf_counter() - started) * 1000, 2),
                     **call,
                 )
-
-
-__all__ = ["AuthError", "Guard", "RequestLogMiddleware", "requires", "note_call"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from mlops.validation import ValidationReport
 
 TAG = "mlops."  # every lineage tag starts with this prefix
@@ -35,30 +33,17 @@ def git_dirty() -> bool:
     return bool(status)
 
 
-def _outs_of(entry: dict) -> list[dict]:
-    return [o for o in entry.get("outs", []) if isinstance(o, dict) and "path" in o]
-
-
 def dvc_hash(path: Path | str, root: Path = Path(".")) -> str:
     """The md5 DVC recorded for ``path`` (or the tracked folder containing it), from *.dvc or dvc.lock.
 
     Returns 'untracked' when DVC records no hash for it (data not yet added or reproduced).
     """
+    from mlops.data.versions import recorded_versions
+
     target = Path(path).as_posix().rstrip("/")
-    candidates: list[tuple[str, str]] = []
-    for dvc_file in sorted(p for p in root.glob("*.dvc") if p.is_file()):
-        for out in _outs_of(yaml.safe_load(dvc_file.read_text()) or {}):
-            candidates.append((out["path"].rstrip("/"), out.get("md5", "")))
-    lock = root / "dvc.lock"
-    if lock.is_file():
-        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-            for out in _outs_of(stage):
-                candidates.append((out["path"].rstrip("/"), out.get("md5", "")))
-    best, found = "", ""
-    for tracked, md5 in candidates:
-        if (target == tracked or target.startswith(tracked + "/")) and len(tracked) > len(best):
-            best, found = tracked, md5
-    return found if best else "untracked"
+    recorded = recorded_versions(root, None)
+    owners = [p for p in recorded if target == p or target.startswith(p + "/")]
+    return recorded[max(owners, key=len)] if owners else "untracked"
 
 
 def lineage_tags(
