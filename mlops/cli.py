@@ -262,6 +262,73 @@ def evaluate(
     console.print_json(json.dumps(values))
 
 
+@app.command("repeats")
+@friendly
+def repeats(
+    task: str,
+    best: Annotated[Path, typer.Option("--best", help="the sweep stage's best_params.json")] = ...,
+    data: Annotated[Path, typer.Option("--data", help="the prepared data folder")] = ...,
+    out: Annotated[Path, typer.Option("--out", help="folder for runs.csv, summary.json, repeats.png")] = ...,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per configuration: base.seed, base.seed + 1, ...")] = 3,
+    mode: Annotated[str, typer.Option(help="tuned: each arm's own best; shared: every arm at the same")] = "tuned",
+    vary: Annotated[
+        str | None, typer.Option(help="shared mode, once per value of one hyperparameter: NAME=V1,V2")
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="test metric compared (default: test_ + objective)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="training processes side by side (1 torch thread each)")] = 1,
+    params_path: ParamsOpt = Path("params.yaml"),
+    experiments: ExperimentsOpt = Path("experiments"),
+) -> None:
+    """Train every arm again over seeds (in pairs) with the train budget: is the pipeline's verdict luck?"""
+    import mlflow
+    from rich.progress import Progress, TextColumn
+
+    from mlops.config import load_experiment, load_params
+    from mlops.tracking.lineage import TAG, dvc_hash, git_commit
+    from mlops.tracking.runs import connect, experiment_id
+    from mlops.training.repeats import parse_vary, plan_jobs, run_repeats
+    from mlops.tuning.sweep import read_sweeps
+
+    params, exp = load_params(params_path), load_experiment(task, experiments)
+    seed_list = [params.base.seed + i for i in range(seeds)]
+    n_jobs = len(plan_jobs(exp, read_sweeps(best), seed_list, mode, None if vary is None else parse_vary(vary, exp)))
+    with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[last]}")) as progress:
+        bar = progress.add_task(f"repeats {task} ({mode})", total=n_jobs, last="")
+
+        def on_done(row: dict) -> None:
+            value = row.get(metric or f"test_{exp.objective.metric.removeprefix('val_')}")
+            progress.update(bar, advance=1, last=f"{row['config']}/{row['arm']}/seed {row['seed']}: {value}")
+
+        summary = run_repeats(
+            task, params, exp, best, data, out, seed_list, mode, vary, metric, workers, experiments, on_done
+        )
+    settings = _settings()
+    connect(settings)
+    tags = {
+        f"{TAG}task": task,
+        f"{TAG}run_kind": "repeats",
+        f"{TAG}git_commit": git_commit(),
+        f"{TAG}data.prepared_path": str(data),
+        f"{TAG}data.prepared_md5": dvc_hash(data),
+    }
+    with mlflow.start_run(experiment_id=experiment_id(settings, task), run_name=f"repeats-{mode}", tags=tags):
+        mlflow.log_params({"mode": mode, "vary": vary or "", "seeds": seeds, "epochs": summary["epochs"]})
+        for config, block in summary["configs"].items():
+            for arm, stats in block["arms"].items():
+                mlflow.log_metric(f"{config}.{arm}.mean_{summary['metric']}".replace("=", "_"), stats["mean"])
+        mlflow.log_artifacts(str(out), "repeats")
+    for config, block in {**summary["configs"], "pooled": summary["pooled"]}.items():
+        arms = ", ".join(f"{a} {s['mean']:.3f}±{s['std'] or 0:.3f}" for a, s in block["arms"].items())
+        console.print(f"{config}: {arms}")
+        for pair in block["pairs"]:
+            a, b = pair["arms"]
+            console.print(
+                f"   {a} better in {pair[f'{a}_better']}/{pair['pairs']} pairs, {b} in {pair[f'{b}_better']} "
+                f"(sign test p={pair['sign_test_p']:.3g})"
+            )
+    console.print(f"written: {out}")
+
+
 @app.command("register")
 @friendly
 def register(

@@ -93,11 +93,34 @@ class Experiment(Strict):
     #: The arm to register. Unset: the arm whose best validation objective is best — only meaningful when
     #: the arms' objectives are comparable (not, e.g., losses with and without a KL term).
     register_arm: str | None = None
+    #: Configurations every arm's study tries first (Optuna ``enqueue_trial``), before its sampler: a known
+    #: good start, or choices a short budget would otherwise never draw. Each may fix some search-space
+    #: parameters; the sampler draws the rest. They count against ``budget.n_trials``.
+    start_with: list[dict[str, Fixed]] = []
 
     @model_validator(mode="after")
     def _register_arm_known(self) -> Experiment:
         if self.register_arm is not None and self.register_arm not in self.arms:
             raise ValueError(f"register_arm {self.register_arm!r} is not one of the arms {sorted(self.arms)}")
+        return self
+
+    @model_validator(mode="after")
+    def _start_with_in_space(self) -> Experiment:
+        if len(self.start_with) > self.budget.n_trials:
+            raise ValueError(f"start_with has {len(self.start_with)} configurations, more than budget.n_trials")
+        for i, config in enumerate(self.start_with):
+            for name, value in config.items():
+                spec = self.search_space.get(name)
+                where = f"start_with[{i}].{name}"
+                if spec is None:
+                    raise ValueError(f"{where} is not in the search space {sorted(self.search_space)}")
+                if isinstance(spec, CategoricalParam):
+                    if value not in spec.choices:
+                        raise ValueError(f"{where}={value!r} is not among its choices {spec.choices}")
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"{where}={value!r} must be a number")
+                elif not spec.low <= value <= spec.high:
+                    raise ValueError(f"{where}={value} is outside its search range [{spec.low}, {spec.high}]")
         return self
 
     def arm_space(self, arm: str) -> tuple[dict[str, Fixed], dict[str, SearchParam]]:

@@ -55,6 +55,24 @@ def test_experiment_unknown_search_type(tmp_path):
         load_experiment("fume_hood", tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("start", "words"),
+    [
+        ([{"depth": 3}], "not in the search space"),
+        ([{"width": 20}], "not among its choices"),
+        ([{"lr": 1.0}], "outside its search range"),
+        ([{"lr": "fast"}], "must be a number"),
+        ([{"width": 16}] * 6, "more than budget.n_trials"),
+    ],
+)
+def test_start_with_must_lie_in_the_search_space(tmp_path, start, words):
+    exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
+    exp["start_with"] = start
+    (tmp_path / "fume_hood.yaml").write_text(yaml.safe_dump(exp))
+    with pytest.raises(ConfigError, match=words):
+        load_experiment("fume_hood", tmp_path)
+
+
 def test_missing_params_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

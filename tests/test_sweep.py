@@ -133,6 +133,27 @@ def test_rerun_resumes_the_same_study(sweep_setup):
     assert again.n_complete + again.n_pruned == 2  # nothing re-run: the budget was already spent
 
 
+def test_start_with_is_tried_first_and_once(sweep_setup):
+    import optuna
+
+    from mlops.tuning.storage import make_storage
+    from mlops.tuning.sweep import run_sweep
+
+    params, prepared, report, exp_dir, raw = sweep_setup
+    start = {"width": 32, "lr": 0.005}
+    exp = write_experiment(exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1}, start_with=[start])
+    settings = Settings()
+    args = ("fume_hood", params, exp, settings, prepared, raw, report)
+    options = {"workers": 1, "experiments_dir": exp_dir, "show_progress": False, "arm": "custom_cnn"}
+    first = run_sweep(*args, **options)
+    run_sweep(*args, **options)  # a rerun resumes: the start configuration is not queued again
+    study = optuna.load_study(study_name=first.study_name, storage=make_storage(settings.resolved_optuna_storage))
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert len(trials) == 2 and all(t.state != optuna.trial.TrialState.WAITING for t in trials)
+    assert {k: trials[0].params[k] for k in start} == start, "the queued configuration ran first"
+    assert "dropout" in trials[0].params, "parameters it leaves open are still sampled"
+
+
 def test_unreachable_postgres_storage_is_a_clear_error():
     from mlops.tuning.storage import make_storage
 

@@ -418,8 +418,17 @@ def run_sweep(
     return result
 
 
+def enqueue_start(study: optuna.Study, exp: Experiment, arm: str) -> None:
+    """Queue the experiment's ``start_with`` configurations once (a resumed study already holds them)."""
+    searched = exp.arm_space(arm)[1]
+    for config in exp.start_with:
+        # skip_if_exists: a rerun, or a second Kubernetes init container racing this one, adds no duplicate
+        study.enqueue_trial({k: v for k, v in config.items() if k in searched}, skip_if_exists=True)
+
+
 def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bool) -> SweepResult:
     study = open_study(job, exp, worker_seed=job.seed)
+    enqueue_start(study, exp, job.arm)
     if not heartbeats_enabled(job.storage_url, Settings()):
         _fail_stale_trials(study)  # with heartbeats, workers fail (and retry) only trials really dead
 

@@ -70,7 +70,7 @@ def create_study(job) -> None:
     """Check the job's config and data, and create its study if it is missing (idempotent)."""
     from mlops.config import load_experiment, load_params
     from mlops.settings import Settings
-    from mlops.tuning.sweep import open_study
+    from mlops.tuning.sweep import enqueue_start, open_study
 
     load_params(job.params_path)  # a bad params file fails here, before any GPU time is spent
     exp = load_experiment(job.task, job.experiments_dir)
@@ -78,7 +78,7 @@ def create_study(job) -> None:
         raise FileNotFoundError(
             f"prepared data {job.prepared_dir} is missing under {Path.cwd()}: copy it to the data volume first"
         )
-    open_study(job, exp, worker_seed=job.seed, settings=Settings())
+    enqueue_start(open_study(job, exp, worker_seed=job.seed, settings=Settings()), exp, job.arm)
 
 
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
