@@ -102,10 +102,7 @@ def plan_jobs(
     else:
         raise ConfigError(f"mode must be 'tuned' or 'shared', got {mode!r}")
     return [
-        Job(label, arm, seed, hp)
-        for label, per_arm in configs.items()
-        for seed in seeds
-        for arm, hp in per_arm.items()
+        Job(label, arm, seed, hp) for label, per_arm in configs.items() for seed in seeds for arm, hp in per_arm.items()
     ]
 
 
