@@ -136,5 +136,5 @@ def test_repeats_command_on_the_pipelines_own_sweep_and_data(pipeline_repo):
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "repeats")}
     assert {"repeats/runs.csv", "repeats/summary.json", "repeats/repeats.png"} <= artifacts
 
-    bad = run(["mlops", "repeats", "fume_hood", *args, "--vary", "lr=1"], repo, env, check=False)
+    bad = run(["mlops", "repeats", "fume_hood", *args, "--vary", "lr=0.001"], repo, env, check=False)
     assert bad.returncode == 2 and "--mode shared" in bad.stderr
