@@ -120,6 +120,8 @@ def test_repeats_command_on_the_pipelines_own_sweep_and_data(pipeline_repo):
     assert table["test_accuracy"].between(0, 1).all() and (table["train_seconds"] > 0).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "test_accuracy" and summary["seeds"] == [42, 43]
+    best = json.loads((repo / "reports" / "fume_hood" / "best_params.json").read_text())["arms"]
+    assert summary["hparams"]["tuned"] == {arm: best[arm]["best_params"] for arm in best}
     wide = table.pivot_table(index="seed", columns="arm", values="test_accuracy")
     pair = summary["configs"]["tuned"]["pairs"][0]
     assert pair["alexnet_better"] == int((wide["alexnet"] > wide["custom_cnn"]).sum())

@@ -276,9 +276,12 @@ def run_repeats(
         "vary": vary,
         "seeds": seeds,
         "epochs": params.task(task_name).train.epochs,
+        "hparams": {job.config: {} for job in jobs},
         "cpu_workers": workers,
         "host_cpus": os.cpu_count(),
     }
+    for job in jobs:  # what each arm trained with, per configuration (the same for every seed)
+        summary["hparams"][job.config][job.arm] = job.hparams
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / RUNS_FILE, index=False)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
