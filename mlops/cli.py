@@ -274,7 +274,9 @@ def repeats(
     vary: Annotated[
         str | None, typer.Option(help="shared mode, once per value of one hyperparameter: NAME=V1,V2")
     ] = None,
-    metric: Annotated[str | None, typer.Option(help="test metric compared (default: test_ + objective)")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="test metric compared (default: test_ + objective; the objective's direction)")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="training processes side by side (1 torch thread each)")] = 1,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
