@@ -289,20 +289,22 @@ def repeats(
     from mlops.tracking.lineage import TAG, dvc_hash, git_commit
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.repeats import parse_vary, plan_jobs, run_repeats
+    from mlops.tuning.space import monitored_metric
     from mlops.tuning.sweep import read_sweeps
 
     params, exp = load_params(params_path), load_experiment(task, experiments)
     seed_list = [params.base.seed + i for i in range(seeds)]
-    n_jobs = len(plan_jobs(exp, read_sweeps(best), seed_list, mode, None if vary is None else parse_vary(vary, exp)))
+    jobs = plan_jobs(exp, read_sweeps(best), seed_list, mode, None if vary is None else parse_vary(vary, exp))
+    metric = metric or f"test_{monitored_metric(exp)[0]}"
     with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[last]}")) as progress:
-        bar = progress.add_task(f"repeats {task} ({mode})", total=n_jobs, last="")
+        bar = progress.add_task(f"repeats {task} ({mode})", total=len(jobs), last="")
 
         def on_done(row: dict) -> None:
-            value = row.get(metric or f"test_{exp.objective.metric.removeprefix('val_')}")
-            progress.update(bar, advance=1, last=f"{row['config']}/{row['arm']}/seed {row['seed']}: {value}")
+            last = f"{row['config']}/{row['arm']}/seed {row['seed']}: {row.get(metric)}"
+            progress.update(bar, advance=1, last=last)
 
         summary = run_repeats(
-            task, params, exp, best, data, out, seed_list, mode, vary, metric, workers, experiments, on_done
+            task, params, exp, jobs, data, out, metric, workers, on_done, about={"mode": mode, "vary": vary}
         )
     settings = _settings()
     connect(settings)
@@ -315,9 +317,12 @@ def repeats(
     }
     with mlflow.start_run(experiment_id=experiment_id(settings, task), run_name=f"repeats-{mode}", tags=tags):
         mlflow.log_params({"mode": mode, "vary": vary or "", "seeds": seeds, "epochs": summary["epochs"]})
-        for config, block in summary["configs"].items():
-            for arm, stats in block["arms"].items():
-                mlflow.log_metric(f"{config}.{arm}.mean_{summary['metric']}".replace("=", "_"), stats["mean"])
+        means = {
+            f"{config}.{arm}.mean_{metric}".replace("=", "_"): stats["mean"]
+            for config, block in summary["configs"].items()
+            for arm, stats in block["arms"].items()
+        }
+        mlflow.log_metrics(means)
         mlflow.log_artifacts(str(out), "repeats")
     for config, block in {**summary["configs"], "pooled": summary["pooled"]}.items():
         arms = ", ".join(f"{a} {s['mean']:.3f}±{s['std'] or 0:.3f}" for a, s in block["arms"].items())

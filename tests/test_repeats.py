@@ -140,3 +140,11 @@ def test_repeats_command_on_the_pipelines_own_sweep_and_data(pipeline_repo):
 
     bad = run(["mlops", "repeats", "fume_hood", *args, "--vary", "lr=0.001"], repo, env, check=False)
     assert bad.returncode == 2 and "--mode shared" in bad.stderr
+
+    # A metric the evaluation does not report is found out only after training: the runs are kept anyway.
+    kept = repo / "reports" / "fume_hood" / "repeats-kept"
+    args = ["--best", "reports/fume_hood/best_params.json", "--data", "data/prepared/fume_hood", "--out", str(kept)]
+    cmd = ["mlops", "repeats", "fume_hood", *args, "--seeds", "1", "--metric", "test_nope"]
+    wrong = run(cmd, repo, env, check=False)
+    assert wrong.returncode == 2 and "test_nope" in wrong.stderr
+    assert len(pd.read_csv(kept / "runs.csv")) == 2

@@ -106,20 +106,16 @@ def plan_jobs(
     ]
 
 
-def run_job(job: Job, task_name: str, params_path: str, experiments_dir: str, prepared_dir: str) -> dict[str, Any]:
-    """Train one arm at one seed with the train stage's budget; its test metrics (a process-pool worker)."""
+def run_job(job: Job, task_name: str, section: Any, monitor: str, direction: str, prepared_dir: str) -> dict[str, Any]:
+    """Train one arm at one seed with the train stage's budget (``section``: the task's typed params, read once
+    by the caller, so editing params.yaml mid-run changes nothing); its test metrics (a process-pool worker)."""
     import torch
 
-    from mlops.config import load_experiment, load_params
     from mlops.tasks import get_task
     from mlops.training.loop import FitConfig, fit, seed_everything
-    from mlops.tuning.space import monitored_metric
 
     torch.set_num_threads(1)  # one thread per worker: workers run side by side
-    params = load_params(params_path)
-    exp = load_experiment(task_name, Path(experiments_dir))
-    task, tp, prepared = get_task(task_name), params.task(task_name), Path(prepared_dir)
-    monitor, direction = monitored_metric(exp)
+    task, tp, prepared = get_task(task_name), section, Path(prepared_dir)
     started = time.perf_counter()
     seed_everything(job.seed)
     model, _ = task.build_model(job.hparams, prepared)
@@ -232,49 +228,48 @@ def run_repeats(
     task_name: str,
     params: Params,
     exp: Experiment,
-    best_path: Path,
+    jobs: list[Job],
     prepared_dir: Path,
     out_dir: Path,
-    seeds: list[int],
-    mode: str = "tuned",
-    vary: str | None = None,
     metric: str | None = None,
     workers: int = 1,
-    experiments_dir: Path = Path("experiments"),
     on_done: Callable[[dict[str, Any]], None] | None = None,
+    about: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the planned jobs (``workers`` processes), write runs.csv, summary.json and the figure."""
+    """Train ``jobs`` (see ``plan_jobs``) in ``workers`` processes; write runs.csv (after every run, so a failure
+    keeps what finished), then summary.json (``about`` added: how the jobs were planned) and the figure."""
     from mlops.tuning.space import monitored_metric
-    from mlops.tuning.sweep import read_sweeps
 
-    if not seeds:
-        raise ConfigError("give at least one seed")
+    if not jobs:
+        raise ConfigError("nothing to train: give at least one seed")
     if not (prepared_dir / "meta.json").is_file():
         raise FileNotFoundError(f"{prepared_dir} holds no prepared data: run the prepare stage first")
     monitor, direction = monitored_metric(exp)
     metric = metric or f"test_{monitor}"
-    jobs = plan_jobs(exp, read_sweeps(best_path), seeds, mode, parse_vary(vary, exp) if vary else None)
-    args = (task_name, str(params.path), str(experiments_dir), str(prepared_dir))
+    args = (task_name, params.task(task_name), monitor, direction, str(prepared_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+
+    def finished(row: dict[str, Any]) -> None:
+        rows.append(row)
+        pd.DataFrame(rows).to_csv(out_dir / RUNS_FILE, index=False)
+        if on_done:
+            on_done(row)
+
     if workers <= 1:
         for job in jobs:
-            rows.append(run_job(job, *args))
-            if on_done:
-                on_done(rows[-1])
+            finished(run_job(job, *args))
     else:
         # spawn: a fresh interpreter per worker (torch and forked OpenMP thread pools do not mix)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             for future in [pool.submit(run_job, job, *args) for job in jobs]:
-                rows.append(future.result())
-                if on_done:
-                    on_done(rows[-1])
+                finished(future.result())
     table = pd.DataFrame(rows)
     summary = summarize(table, metric, higher_is_better=direction == "max")
     summary |= {
         "task": task_name,
-        "mode": mode,
-        "vary": vary,
-        "seeds": seeds,
+        **(about or {}),
+        "seeds": sorted({job.seed for job in jobs}),
         "epochs": params.task(task_name).train.epochs,
         "hparams": {job.config: {} for job in jobs},
         "cpu_workers": workers,
@@ -282,8 +277,6 @@ def run_repeats(
     }
     for job in jobs:  # what each arm trained with, per configuration (the same for every seed)
         summary["hparams"][job.config][job.arm] = job.hparams
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / RUNS_FILE, index=False)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     plot(table, metric, out_dir)
     return summary
