@@ -81,6 +81,19 @@ SearchParam = Annotated[FloatParam | IntParam | CategoricalParam, Field(discrimi
 Fixed = str | int | float | bool
 
 
+def check_in_space(spec: SearchParam, value: Fixed, where: str) -> None:
+    """ValueError naming ``where`` unless ``value`` is one of a categorical's choices or a number in range."""
+    if isinstance(spec, CategoricalParam):
+        if value not in spec.choices:
+            raise ValueError(f"{where}={value!r} is not among its choices {spec.choices}")
+        return
+    numeric = int if isinstance(spec, IntParam) else int | float
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        raise ValueError(f"{where}={value!r} must be {'an integer' if isinstance(spec, IntParam) else 'a number'}")
+    if not spec.low <= value <= spec.high:
+        raise ValueError(f"{where}={value} is outside its search range [{spec.low}, {spec.high}]")
+
+
 class Experiment(Strict):
     objective: Objective
     budget: Budget
@@ -110,17 +123,9 @@ class Experiment(Strict):
             raise ValueError(f"start_with has {len(self.start_with)} configurations, more than budget.n_trials")
         for i, config in enumerate(self.start_with):
             for name, value in config.items():
-                spec = self.search_space.get(name)
-                where = f"start_with[{i}].{name}"
-                if spec is None:
-                    raise ValueError(f"{where} is not in the search space {sorted(self.search_space)}")
-                if isinstance(spec, CategoricalParam):
-                    if value not in spec.choices:
-                        raise ValueError(f"{where}={value!r} is not among its choices {spec.choices}")
-                elif isinstance(value, bool) or not isinstance(value, int | float):
-                    raise ValueError(f"{where}={value!r} must be a number")
-                elif not spec.low <= value <= spec.high:
-                    raise ValueError(f"{where}={value} is outside its search range [{spec.low}, {spec.high}]")
+                if name not in self.search_space:
+                    raise ValueError(f"start_with[{i}].{name} is not in the search space {sorted(self.search_space)}")
+                check_in_space(self.search_space[name], value, f"start_with[{i}].{name}")
         return self
 
     def arm_space(self, arm: str) -> tuple[dict[str, Fixed], dict[str, SearchParam]]:

@@ -62,11 +62,13 @@ def test_experiment_unknown_search_type(tmp_path):
         ([{"width": 20}], "not among its choices"),
         ([{"lr": 1.0}], "outside its search range"),
         ([{"lr": "fast"}], "must be a number"),
+        ([{"blocks": 2.5}], "must be an integer"),
         ([{"width": 16}] * 6, "more than budget.n_trials"),
     ],
 )
 def test_start_with_must_lie_in_the_search_space(tmp_path, start, words):
     exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
+    exp["search_space"]["blocks"] = {"type": "int", "low": 1, "high": 4}
     exp["start_with"] = start
     (tmp_path / "fume_hood.yaml").write_text(yaml.safe_dump(exp))
     with pytest.raises(ConfigError, match=words):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.config import CategoricalParam, ConfigError, Experiment, FloatParam, IntParam, Params
+from mlops.config import CategoricalParam, ConfigError, Experiment, FloatParam, Params, check_in_space
 
 RUNS_FILE, SUMMARY_FILE, FIGURE_FILE = "runs.csv", "summary.json", "repeats.png"
 
@@ -57,21 +57,20 @@ def parse_vary(text: str, exp: Experiment) -> tuple[str, list[Any]]:
     if name not in exp.search_space:
         raise ConfigError(f"--vary {name!r} is not in the search space: {sorted(exp.search_space)}")
     space, raw = exp.search_space[name], [v.strip() for v in values.split(",") if v.strip()]
-    if isinstance(space, CategoricalParam):
+    if isinstance(space, CategoricalParam):  # choices may be numbers: match them as written
         by_text = {str(c): c for c in space.choices}
-        unknown = [v for v in raw if v not in by_text]
-        if unknown:
-            raise ConfigError(f"--vary {name}: {unknown} not among its choices {space.choices}")
-        return name, [by_text[v] for v in raw]
-    cast = float if isinstance(space, FloatParam) else int
-    try:
-        typed = [cast(v) for v in raw]
-    except ValueError:
-        raise ConfigError(f"--vary {name} takes {cast.__name__} values, got {raw}") from None
-    assert isinstance(space, FloatParam | IntParam)
-    outside = [v for v in typed if not space.low <= v <= space.high]
-    if outside:
-        raise ConfigError(f"--vary {name}: {outside} outside its search range [{space.low}, {space.high}]")
+        typed = [by_text.get(v, v) for v in raw]
+    else:
+        cast = float if isinstance(space, FloatParam) else int
+        try:
+            typed = [cast(v) for v in raw]
+        except ValueError:
+            raise ConfigError(f"--vary {name} takes {cast.__name__} values, got {raw}") from None
+    for value in typed:
+        try:
+            check_in_space(space, value, f"--vary {name}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return name, typed
 
 
