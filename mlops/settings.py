@@ -7,6 +7,7 @@ SQLite with a local artifact folder, Optuna on a journal file shared by local wo
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLOPS_", env_file=".env", extra="ignore")
+    # MLOPS_ENV_FILE names another settings file; empty reads none (the test suite sets it so).
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_", env_file=os.environ.get("MLOPS_ENV_FILE", ".env") or None, extra="ignore"
+    )
 
     home: Path = Path(".mlops")
     tracking_uri: str | None = None

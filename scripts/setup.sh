@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project. torch is installed FIRST and pinned, so pip takes the local
-# CPU wheel instead of pulling gigabytes of CUDA packages. Usage: source scripts/setup.sh [dev]
+# Creates .venv and installs the project with the locked versions (requirements*.lock, written by
+# scripts/lock.py from the environment the suite passed in). torch is installed FIRST and pinned, so pip
+# takes the local CPU wheel instead of pulling gigabytes of CUDA packages (README: "CPU torch").
+# Usage: source scripts/setup.sh [dev]
 set -euo pipefail
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
@@ -10,11 +12,17 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 extras=""
-[ "${1:-}" = "dev" ] && extras="[dev]"
-stamp=".venv/.installed${extras}-$(sha256sum pyproject.toml | cut -c1-16)"
+lock=requirements.lock
+if [ "${1:-}" = "dev" ]; then
+  extras="[dev]"
+  lock=requirements-dev.lock
+fi
+stamp=".venv/.installed${extras}-$(cat pyproject.toml "$lock" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".${extras}"
+  python -m pip install -q -r "$lock"
+  python -m pip install -q --no-deps -e ".${extras}"
+  python -m pip check >/dev/null || { python -m pip check; echo "the locked set does not fit pyproject.toml: regenerate it (scripts/lock.py)"; exit 1; }
   touch "$stamp"
 fi

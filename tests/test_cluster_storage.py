@@ -19,11 +19,9 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-import psycopg2
 import pytest
 import yaml
 
@@ -31,11 +29,10 @@ from mlops.config import load_experiment, load_params
 from mlops.settings import Settings
 from mlops.tuning.kubernetes import ClusterSweepParams, _parent_run, load_template, plan_sweeps, render
 from mlops.tuning.worker import NON_RETRIABLE_EXIT
-from tests.conftest import BIN, ROOT, tiny_experiment, tiny_params, write_params
+from tests.conftest import BIN, ROOT, pg_database, tiny_experiment, tiny_params, write_params
 
 pytestmark = pytest.mark.integration
 
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
 #: what the template's MLOPS_TRACKING_URI names: the MLflow Service inside the cluster
 IN_CLUSTER_MLFLOW = "http://mlflow:5000"
 ARTIFACT_ROOT = "mlflow-artifacts:/experiments"
@@ -49,22 +46,6 @@ SWEEP = ClusterSweepParams(
     max_failed_indexes=1,
     active_deadline_seconds=3600,
 )
-
-
-@contextlib.contextmanager
-def pg_database(prefix: str = "mlops_test") -> Iterator[str]:
-    """A fresh database on the local PostgreSQL (dropped afterwards); yields its SQLAlchemy URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(dbname="postgres", **PG)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def free_port() -> int:

@@ -6,8 +6,8 @@ import contextlib
 import os
 import subprocess
 import time
-import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,11 +18,19 @@ from mlops.registry.release import history, promote, rollback, verify
 from mlops.registry.versions import CHAMPION, PromotionError
 from mlops.settings import Settings
 from mlops.tracking.runs import connect
-from tests.conftest import BIN, env_for, tiny_params, write_params
+from tests.conftest import (
+    BIN,
+    env_for,
+    pg_database,
+    process_log,
+    start_process,
+    stop_process,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.integration
 TASK = "fume_hood"
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 def release_params(tmp_path):
@@ -189,13 +197,15 @@ def _race(settings, params_path, make, env) -> None:
         "--params",
         str(params_path),
     ]
+    logs = [settings.home_dir / f"promote-{v}.log" for v in (a, b)]
     procs = [
-        subprocess.Popen(
-            [c.format(v=v) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for v in (a, b)
+        start_process([c.format(v=v) for c in cmd], Path.cwd(), env, log) for v, log in zip((a, b), logs, strict=True)
     ]
-    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    try:
+        results = [(p.wait(timeout=180), process_log(p)) for p in procs]
+    finally:
+        for p in procs:
+            stop_process(p)
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2)
@@ -214,21 +224,13 @@ def test_concurrent_promotions_sqlite(registry):
 
 @pytest.fixture()
 def pg_registry(tmp_path, monkeypatch):
-    name = f"mlops_test_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required for this test: {exc}")
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLOPS_TRACKING_URI", f"{PG}/{name}")
-    monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
-    monkeypatch.delenv("MLOPS_HISTORY_URI", raising=False)
-    yield _registry(tmp_path)
-    sa.orm.close_all_sessions()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with pg_database() as url:
+        monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("MLOPS_TRACKING_URI", url)
+        monkeypatch.setenv("MLOPS_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+        monkeypatch.delenv("MLOPS_HISTORY_URI", raising=False)
+        yield _registry(tmp_path)
+        sa.orm.close_all_sessions()
 
 
 def test_concurrent_promotions_postgres_and_rollback(pg_registry):
