@@ -82,6 +82,27 @@ class ModelSpec:
         }
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One file as a client sends it to ``POST /v1/models/<task>/predict`` (multipart field ``file``)."""
+
+    data: bytes
+    content_type: str
+    filename: str = "upload"
+
+
+@dataclass(frozen=True)
+class BadUpload:
+    """An upload the service must refuse: HTTP ``status`` (4xx) and a JSON ``detail`` holding each of ``words``."""
+
+    name: str
+    data: bytes
+    content_type: str
+    status: int
+    words: tuple[str, ...]
+    filename: str = "upload"
+
+
 class Task(ABC):
     """One study's domain: data schema, simulator, ingest, models, loss, metrics, explanation."""
 
@@ -175,3 +196,18 @@ class Task(ABC):
     @abstractmethod
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         """A small batch of model inputs, for the MLflow signature and serving warm-up."""
+
+    # --- serving contract (tests/test_contract.py sends these to a real server for every task) ---------
+    @abstractmethod
+    def example_upload(self, raw_dir: Path) -> Upload:
+        """A valid file for ``POST /v1/models/<task>/predict``, built from the data in ``raw_dir``."""
+
+    @abstractmethod
+    def bad_uploads(self, raw_dir: Path) -> list[BadUpload]:
+        """Every kind of bad upload the task's service refuses, each with its 4xx status and the words of its message.
+
+        Only files a client can really send over HTTP, judged by a service with the default limits
+        (``Settings``): at least an empty upload (400), a foreign file or content type (415), an oversized
+        one (413) and a corrupt or wrongly shaped one (422), plus the task's own kinds.
+        ``mlops.tasks.upload_cases`` holds the shared ones.
+        """

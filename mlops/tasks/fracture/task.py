@@ -33,7 +33,7 @@ from mlops.data.arrays import load_array, read_meta, save_split, write_meta
 from mlops.data.layout import find_image, image_stats, read_labels_table
 from mlops.data.split import split_groups
 from mlops.inference.gradcam import grad_cam
-from mlops.tasks import register_task
+from mlops.tasks import register_task, upload_cases
 from mlops.tasks.base import Evaluation, ModelSpec, Task
 from mlops.tasks.fracture import plots
 from mlops.tasks.fracture.inference import UNKNOWN, square_gray_input
@@ -492,6 +492,10 @@ class FractureTask(Task):
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
+
+    # PNG/JPEG uploads: the shared example and bad cases of image tasks (mlops/tasks/upload_cases.py)
+    example_upload = staticmethod(upload_cases.first_image_upload)
+    bad_uploads = staticmethod(upload_cases.bad_image_uploads)
 
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: FractureParams, out_dir: Path) -> Evaluation:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from mlops.data.layout import find_image, image_stats, read_labels_table
 from mlops.data.split import split_groups
 from mlops.inference.gradcam import grad_cam
 from mlops.inference.images import to_gray_input
-from mlops.tasks import register_task
+from mlops.tasks import register_task, upload_cases
 from mlops.tasks.base import Evaluation, ModelSpec, Task
 from mlops.tasks.fume_hood import plots
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS, lowering_evidence
@@ -234,6 +234,10 @@ class FumeHoodTask(Task):
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
+
+    # PNG/JPEG uploads: the shared example and bad cases of image tasks (mlops/tasks/upload_cases.py)
+    example_upload = staticmethod(upload_cases.first_image_upload)
+    bad_uploads = staticmethod(upload_cases.bad_image_uploads)
 
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: FumeHoodParams, out_dir: Path) -> Evaluation:
         from sklearn.metrics import f1_score

@@ -100,9 +100,13 @@ def decode_stack(data: bytes, frames: int, height: int, width: int, max_values: 
         raise BadInput(f"array has shape {array.shape}; expected {expected}", status=422)
     if array.dtype.kind != "f":
         raise BadInput(f"array has dtype {array.dtype}; expected {expected} (float16/32/64)", status=422)
-    if not np.isfinite(array).all():
-        raise BadInput(f"array holds NaN or infinite values; expected {expected} of finite intensities", 422)
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):
+        stack = array.astype(np.float32)
+    if not np.isfinite(stack).all():  # also values beyond float32's range, which the model computes in
+        raise BadInput(
+            f"array holds NaN or infinite values (as float32); expected {expected} of finite intensities", 422
+        )
+    return stack
 
 
 class GasLeakPredictor(Predictor):
@@ -127,6 +131,8 @@ class GasLeakPredictor(Predictor):
         stack = decode_stack(data, self.frames, self.height, self.width, self.max_pixels)
         crop = centre_crop(stack, self.frames)
         answers, heat, kind = explain_batch(self.model, torch.as_tensor(to_channels(crop)[None]))
+        if not np.isfinite(answers).all():  # intensities so large that the network overflows
+            raise BadInput("the model's answer is not finite: the intensities are far outside the training data's", 422)
         last = crop[-1]
         span = float(last.max() - last.min())
         gray = (last - last.min()) / span if span > 0 else np.zeros_like(last)

@@ -22,7 +22,7 @@ from mlops.data.layout import read_labels_table
 from mlops.data.split import split_groups
 from mlops.tasks import register_task
 from mlops.tasks.base import Evaluation, ModelSpec, Task
-from mlops.tasks.gas_leak import plots
+from mlops.tasks.gas_leak import plots, uploads
 from mlops.tasks.gas_leak.inference import explain_batch
 from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, centre_crop, to_channels
 from mlops.tasks.gas_leak.simulate import (
@@ -390,6 +390,10 @@ class GasLeakTask(Task):
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
+
+    # What its service answers and refuses (mlops/tasks/gas_leak/uploads.py)
+    example_upload = staticmethod(uploads.example_upload)
+    bad_uploads = staticmethod(uploads.bad_uploads)
 
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: GasLeakParams, out_dir: Path) -> Evaluation:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,8 @@ ZIP_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 FRAME_NUMBER = re.compile(r"(\d+)(?:_keypoints)?\.json$")
 MAX_FRAMES = 30 * 60 * 10  # ten minutes of 30 fps video per request
 MAX_UNZIPPED_BYTES = 256 * 1024 * 1024
+#: farthest joint coordinate accepted (px): no camera's frame is larger, and drawing beyond it overflows
+MAX_COORDINATE = 1e6
 
 
 def _sniff(data: bytes) -> str | None:
@@ -117,6 +119,13 @@ def _maps_from_npy(data: bytes) -> np.ndarray:
     return (values >= 0.5).astype(np.uint8)
 
 
+def _check_coordinates(frames: list[list[np.ndarray]]) -> None:
+    for i, people in enumerate(frames):
+        for j, keypoints in enumerate(people):
+            if np.abs(keypoints[:, :2]).max() > MAX_COORDINATE:
+                raise BadInput(f"frame {i}, person {j}: joint coordinates beyond {MAX_COORDINATE:g} px", status=422)
+
+
 def flagged_spans(ends: np.ndarray, flags: np.ndarray) -> list[tuple[int, int]]:
     """Runs of consecutive flagged windows as (first, last) window end frame."""
     spans, start = [], None
@@ -161,6 +170,7 @@ class SkeletonPredictor(Predictor):
             maps = _maps_from_npy(data)
             return maps, {"frames": len(maps)}
         frames = _frames_from_json(data) if kind == "json" else _frames_from_zip(data)
+        _check_coordinates(frames)
         maps, counts = frames_to_maps(frames, self.map_spec)
         return maps, counts.to_json()
 

@@ -28,7 +28,7 @@ from mlops.config import Gates, Strict
 from mlops.data.arrays import load_array, read_meta, save_split, write_meta
 from mlops.tasks import register_task
 from mlops.tasks.base import Evaluation, ModelSpec, Task
-from mlops.tasks.skeleton import plots
+from mlops.tasks.skeleton import plots, uploads
 from mlops.tasks.skeleton.model import MAP_SIZE, MODELS, negative_elbo, score_windows, window_scores
 from mlops.tasks.skeleton.preprocess import (
     N_JOINTS,
@@ -504,6 +504,10 @@ class SkeletonTask(Task):
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         val = self.dataset(prepared_dir, "val")
         return torch.stack([val[i][0] for i in range(min(2, len(val)))]).numpy().astype(np.float32)
+
+    # What its service answers and refuses (mlops/tasks/skeleton/uploads.py)
+    example_upload = staticmethod(uploads.example_upload)
+    bad_uploads = staticmethod(uploads.bad_uploads)
 
     # --- evaluation ---------------------------------------------------------------------------
     def _scores(

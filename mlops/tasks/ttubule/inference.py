@@ -47,6 +47,8 @@ def _check(shape: tuple[int, ...], dtype: np.dtype, max_voxels: int) -> None:
     """Rank, size and dtype checks from the header alone (before any pixel is decoded)."""
     if len(shape) not in (2, 3):
         raise BadInput(f"array has rank {len(shape)} (shape {tuple(shape)}); expected {EXPECTED}", status=422)
+    if len(shape) == 3 and shape[0] == 0:
+        raise BadInput(f"stack of shape {tuple(shape)} holds no slice; expected {EXPECTED}", status=422)
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > max_voxels:
         raise BadInput(

@@ -23,7 +23,7 @@ from mlops.data.arrays import load_array, read_meta, save_split, write_meta
 from mlops.data.split import split_groups
 from mlops.tasks import register_task
 from mlops.tasks.base import Evaluation, ModelSpec, Task
-from mlops.tasks.ttubule import plots
+from mlops.tasks.ttubule import plots, uploads
 from mlops.tasks.ttubule.instances import (
     InstanceSettings,
     boundary_map,
@@ -599,6 +599,10 @@ class TTubuleTask(Task):
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return self.dataset(prepared_dir, "val").tensors[0][:2].numpy()
+
+    # What its service answers and refuses (mlops/tasks/ttubule/uploads.py)
+    example_upload = staticmethod(uploads.example_upload)
+    bad_uploads = staticmethod(uploads.bad_uploads)
 
     def predict_probabilities(self, model: nn.Module, x: np.ndarray, tile: int) -> np.ndarray:
         """(N, n_classes + 1, H, W) probabilities of uint8 slices (N, H, W) by sliding window."""
