@@ -159,3 +159,69 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: int = 1, scale: float = 0.5):
+    """A new registry version of ``task`` whose weights are the champion's moved by seeded noise.
+
+    So that a test of a model swap can tell the versions apart by their answers, not only by their names.
+    The same path as the pipeline's train -> evaluate -> register stages: the champion's weights and spec
+    from the registry, every float parameter plus ``scale`` x (its std + 0.01) x N(0, 1) noise drawn from
+    ``seed``, the task's calibration, a real MLflow run carrying the champion run's lineage tags with the
+    model logged as the project's pyfunc (``log_pyfunc``), the task's own test-split evaluation of the new
+    weights as its metrics, then ``register_model`` (gates, ``challenger`` if they hold, model card).
+    Returns the new MLflow ModelVersion.
+    """
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlops.config import load_params
+    from mlops.registry.versions import CHAMPION, register_model
+    from mlops.settings import Settings
+    from mlops.tasks import get_task
+    from mlops.tracking.lineage import TAG
+    from mlops.tracking.log_model import log_pyfunc
+    from mlops.tracking.runs import connect, experiment_id
+    from mlops.training.final import RUN_FILE, SELECTED_FILE
+    from mlops.training.model_files import load_model_dir, save_model_dir
+
+    settings = Settings(home=Path(env["MLOPS_HOME"]), _env_file=None)
+    connect(settings)
+    client = MlflowClient()
+    source = client.get_model_version_by_alias(task, CHAMPION)
+    work = Path(env["MLOPS_HOME"]) / "altered" / f"{task}-v{source.version}-seed{seed}"
+    if work.exists():
+        shutil.rmtree(work)
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{source.version}", dst_path=str(work / "source")))
+    model, spec = load_model_dir(root / "artifacts")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                spread = (p.std() if p.numel() > 1 else p.abs().mean()) + 0.01
+                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * scale * spread)
+
+    params = load_params(repo / "params.yaml")
+    t = get_task(task)
+    prepared = repo / source.tags[f"{TAG}data.prepared_path"]
+    spec = t.calibrate(model, spec, prepared, params.task(task))
+    arm = source.tags[f"{TAG}arm"]
+    models = work / "models"
+    save_model_dir(models / arm, model, spec)
+    (models / SELECTED_FILE).write_text(json.dumps({"arm": arm}))
+    evaluation = t.evaluate(model.eval(), prepared, params.task(task), work / "evaluation")
+    metrics = {k: (None if isinstance(v, float) and v != v else v) for k, v in evaluation.metrics.items()}
+    (work / "metrics.json").write_text(json.dumps(metrics))
+
+    tags = {k: v for k, v in client.get_run(source.run_id).data.tags.items() if k.startswith(TAG)}
+    tags |= {f"{TAG}run_kind": "train", "tests.altered_from": f"v{source.version} seed={seed} scale={scale}"}
+    with mlflow.start_run(
+        experiment_id=experiment_id(settings, task), run_name=f"altered-v{source.version}-seed{seed}", tags=tags
+    ) as run:
+        info = log_pyfunc(models / arm, t.example_input(prepared))
+    record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task, "arm": arm, "tags": tags}
+    (models / arm / RUN_FILE).write_text(json.dumps(record))
+    registration = register_model(task, params, settings, models, work / "metrics.json", work / "registration.json")
+    return client.get_model_version(task, registration.version)

@@ -16,8 +16,9 @@ import yaml
 from PIL import Image
 
 from mlops.config import parse_section
-from mlops.data.arrays import load_array
+from mlops.data.arrays import load_array, read_meta
 from mlops.inference.base import BadInput, load_predictor
+from mlops.inference.gradcam import grad_cam
 from mlops.tasks import get_task
 from mlops.tasks.fracture.inference import UNKNOWN, decide
 from mlops.tasks.fracture.model import MODELS, N_CLASSES
@@ -226,7 +227,13 @@ def test_prepare_is_deterministic(raw, params, tmp_path):
 def test_model_forward_shape_and_gradcam_layer(depth):
     model = MODELS.build("cnn", width=4, depth=depth, dropout=0.0)
     assert model(torch.rand(3, 1, 32, 32)).shape == (3, N_CLASSES)
-    assert hasattr(model, "cam_layer")
+    # Grad-CAM's layer is on the forward path and still a spatial map (not pooled away)
+    acts = []
+    handle = model.cam_layer.register_forward_hook(lambda _m, _i, out: acts.append(out.shape))
+    heat = grad_cam(model, torch.rand(3, 1, 32, 32), lambda out: out[:, 0], model.cam_layer)
+    handle.remove()
+    assert len(acts) == 1 and len(acts[0]) == 4 and min(acts[0][2:]) > 1
+    assert heat.shape == (3, 32, 32) and float(heat.min()) >= 0 and float(heat.max()) <= 1
 
 
 def test_model_is_invariant_to_brightness_and_contrast():
@@ -298,6 +305,29 @@ def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, params,
     assert all(path.is_file() for path in evaluation.images.values())
     assert {"confusion_matrix.png", "reliability_diagram.png", "out_of_domain.png"} <= set(evaluation.images)
     assert len(evaluation.tables["out_of_domain"]) == m["ood_images"]
+
+    # The numbers themselves, recomputed from the model's answers on the test split.
+    from sklearn.metrics import f1_score
+
+    x, y = TASK.dataset(trained["prepared"], "test").tensors
+    with torch.no_grad():
+        probs = trained["model"].eval()(x).softmax(dim=1).numpy()
+    predicted, actual, confidence = probs.argmax(axis=1), y.numpy(), probs.max(axis=1)
+    correct = predicted == actual
+    assert m["test_accuracy"] == pytest.approx(correct.mean())
+    assert m["test_macro_f1"] == pytest.approx(f1_score(actual, predicted, average="macro"))
+    for c, name in enumerate(CLASSES):
+        want = (predicted[actual == c] == c).mean() if (actual == c).any() else float("nan")
+        assert m[f"test_recall_{name}"] == pytest.approx(want, nan_ok=True), name
+    n_bins = params.evaluate.calibration_bins  # equal-width bins [k/n, (k+1)/n), the last one closed
+    ece = 0.0
+    for k in range(n_bins):
+        in_bin = (confidence >= k / n_bins) & ((confidence < (k + 1) / n_bins) | (k == n_bins - 1))
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    assert m["test_ece"] == pytest.approx(ece, abs=1e-6)
+    threshold = read_meta(trained["prepared"])["unknown_threshold"]
+    assert m["test_unknown_share"] == pytest.approx((confidence < threshold).mean())
 
 
 def test_confidence_auroc_and_decision():

@@ -12,6 +12,7 @@ import torch
 
 from mlops.config import load_params
 from mlops.data.arrays import load_array
+from mlops.inference.gradcam import grad_cam
 from mlops.tasks import get_task
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS
 from mlops.tasks.fume_hood.simulate import simulate_photos
@@ -119,7 +120,13 @@ def test_model_forward_shape_and_gradcam_layer(name):
     model = MODELS.build(name, width=8, dropout=0.0)
     out = model(torch.rand(3, 1, 24, 32))
     assert out.shape == (3, N_LEVELS)
-    assert hasattr(model, "cam_layer")
+    # Grad-CAM's layer is on the forward path and still a spatial map (not pooled away)
+    acts = []
+    handle = model.cam_layer.register_forward_hook(lambda _m, _i, out: acts.append(out.shape))
+    heat = grad_cam(model, torch.rand(3, 1, 24, 32), lambda out: out[:, 0], model.cam_layer)
+    handle.remove()
+    assert len(acts) == 1 and len(acts[0]) == 4 and min(acts[0][2:]) > 1
+    assert heat.shape == (3, 24, 32) and float(heat.min()) >= 0 and float(heat.max()) <= 1
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -18,9 +18,10 @@ import torch
 import yaml
 
 from mlops.config import load_experiment, parse_section
+from mlops.data.arrays import load_array
 from mlops.inference import BadInput, load_predictor
 from mlops.tasks import get_task
-from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, decode_peak, to_channels
+from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, centre_crop, decode_peak, to_channels
 from mlops.tasks.gas_leak.task import AugmentParams, augment_sequence
 from mlops.training.model_files import save_model_dir
 from mlops.validation.runner import validate_dataset
@@ -240,12 +241,22 @@ def test_val_metrics_hold_the_sweep_objective(task, prepared):
 def test_evaluate_reports_both_domains_split_by_occlusion(task, prepared, params, tmp_path):
     model, _ = _build(task, prepared, "heatmap")
     evaluation = task.evaluate(model, prepared, params, tmp_path)
+    m, both_subsets = evaluation.metrics, []
     for split in ("test", "field"):
-        for q in ("x", "y", "z"):
-            assert np.isfinite(evaluation.metrics[f"{split}_{q}_mae"])
-            assert f"{split}_occluded_{q}_mae" in evaluation.metrics
-            assert f"{split}_visible_{q}_mae" in evaluation.metrics
+        # Each error recomputed from the model's own answers, the split's labels and its occlusion flags.
+        x, y = task.dataset(prepared, split).tensors
+        with torch.no_grad():
+            err = (model.eval()(x)[:, :N_ANSWER] - y[:, :N_ANSWER]).abs().numpy()
+        occluded = load_array(prepared, split, "occluded").astype(bool)
+        both_subsets.append(occluded.any() and not occluded.all())
+        for i, q in enumerate(("x", "y", "z")):
+            assert m[f"{split}_{q}_mae"] == pytest.approx(float(err[:, i].mean()), rel=1e-5)
+            for subset, mask in (("visible", ~occluded), ("occluded", occluded)):
+                want = float(err[mask, i].mean()) if mask.any() else float("nan")
+                assert m[f"{split}_{subset}_{q}_mae"] == pytest.approx(want, rel=1e-5, nan_ok=True), (split, subset)
+            assert m[f"{split}_visible_n"] == (~occluded).sum() and m[f"{split}_occluded_n"] == occluded.sum()
         assert evaluation.images[f"heatmap_overlays_{split}.png"].is_file()
+    assert any(both_subsets)  # else a swapped occlusion mask could go unseen
     assert list(evaluation.tables["error_table"]["quantity"]) == ["X mean error", "Y mean error", "Z mean error"]
 
 
@@ -307,7 +318,9 @@ def test_predictor_answers_a_good_npy_and_npz(predictor, raw_dir):
         assert kind in predictor.accepted_content_types
         result = predictor.predict_upload(data, kind)
         assert {"x", "y", "z", "heatmap_png", "explanation"} <= set(result)
-        assert all(np.isfinite(result[k]) for k in ("x", "y", "z"))
+        # the model's own answer for the stack's middle FRAMES frames, rounded as served
+        want = predictor.predict_array(to_channels(centre_crop(stack, FRAMES))[None])[0]
+        assert [result[k] for k in ("x", "y", "z")] == pytest.approx([round(float(v), 4) for v in want], abs=6e-4)
         assert base64.b64decode(result["heatmap_png"]).startswith(b"\x89PNG")
     assert predictor.predict_array(to_channels(stack[:FRAMES])[None]).shape == (1, N_ANSWER)
     assert predictor.predict_array(predictor.warmup_input()).shape == (1, N_ANSWER)

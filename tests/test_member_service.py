@@ -275,24 +275,27 @@ def champion_version(service):
 
 
 def extra_version(service):
-    """A second version of the champion's weights (a new version to move the alias to)."""
-    current = champion_version(service)
-    return registry_client(service).create_model_version(
-        "fracture", current.source, run_id=current.run_id, tags=current.tags
-    )
+    """A new version with other weights (the champion's, moved by seeded noise) to move the alias to."""
+    from tests.conftest import register_altered_version
+
+    return register_altered_version(service["repo"], service["env"], "fracture")
 
 
 def test_release_through_the_service_needs_the_admin_role(service):
     base, keys = service["base"], service["keys"]
     v1 = champion_version(service)
+    before = predict(service, new_key(service, "before-promote"), fractograph()).json()
+    assert before["version"] == str(v1.version)
     v2 = extra_version(service)
-    body = {"version": str(v2.version), "reason": "same weights, new version"}
+    body = {"version": str(v2.version), "reason": "other weights, new version"}
     r = httpx.post(f"{base}/v1/registry/fracture/promote", json=body, headers={"X-API-Key": keys["steve"]})
     assert r.status_code == 403 and "admin" in r.json()["detail"]
     r = httpx.post(f"{base}/v1/registry/fracture/promote", json=body, headers={"X-API-Key": keys["ada"]}, timeout=120)
     assert r.status_code == 200, r.text
     assert r.json()["actor"] == "ada" and r.json()["to_version"] == str(v2.version)
-    assert predict(service, new_key(service, "after-promote"), fractograph()).json()["version"] == str(v2.version)
+    after = predict(service, new_key(service, "after-promote"), fractograph()).json()
+    assert after["version"] == str(v2.version)
+    assert after["probabilities"] != before["probabilities"]  # v2's weights answer, not v1's under a new name
     r = httpx.post(
         f"{base}/v1/registry/fracture/rollback",
         json={"reason": "back"},
@@ -300,6 +303,8 @@ def test_release_through_the_service_needs_the_admin_role(service):
         timeout=120,
     )
     assert r.status_code == 200 and r.json()["to_version"] == str(v1.version)
+    back = predict(service, new_key(service, "after-rollback"), fractograph()).json()
+    assert back["version"] == str(v1.version) and back["probabilities"] == before["probabilities"]
     r = httpx.post(
         f"{base}/v1/registry/fracture/rollback",
         json={"reason": "again"},

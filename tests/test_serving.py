@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run, start_service, stop_process
+from tests.conftest import register_altered_version, run, start_service, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -113,23 +113,17 @@ def test_unknown_task_is_404_naming_known_tasks(server):
     assert resp.status_code == 404 and "fume_hood" in resp.json()["detail"]
 
 
-def test_hot_swap_under_load_on_promotion_and_rollback(server, monkeypatch):
-    """Continuous requests while champion moves v1 -> v2 -> v1: none fails, each names its version."""
+def test_hot_swap_under_load_on_promotion_and_rollback(server):
+    """Continuous requests while champion moves v1 -> v2 -> v1: none fails, each names its version and the
+    version that answers is the one named (v2 has other weights: its probabilities differ from v1's, and
+    after the rollback the answers are v1's again, bit for bit)."""
     import threading
 
-    from mlflow import MlflowClient
-
-    from mlops.settings import Settings
-    from mlops.tracking.runs import connect
-
     base, repo, env = server["base"], server["repo"], server["env"]
-    monkeypatch.setenv("MLOPS_HOME", env["MLOPS_HOME"])
-    connect(Settings())
-    client = MlflowClient()
-    v1 = client.get_model_version_by_alias("fume_hood", "champion")
-    v2 = client.create_model_version("fume_hood", v1.source, run_id=v1.run_id, tags=v1.tags)
+    v1 = httpx.get(f"{base}/v1/models", timeout=60).json()["models"][0]["version"]
+    v2 = str(register_altered_version(repo, env, "fume_hood").version)  # the champion's weights + seeded noise
 
-    seen: list[tuple[int, str | None]] = []
+    seen: list[tuple[int, str | None, dict | None]] = []
     stop = threading.Event()
     photo = photo_bytes()
 
@@ -139,9 +133,12 @@ def test_hot_swap_under_load_on_promotion_and_rollback(server, monkeypatch):
                 try:
                     r = http.post(f"{base}/v1/models/fume_hood/predict", files={"file": ("x.jpg", photo, "image/jpeg")})
                 except httpx.HTTPError as exc:  # a failed request, recorded as such
-                    seen.append((0, repr(exc)))
+                    seen.append((0, repr(exc), None))
                     continue
-                seen.append((r.status_code, r.json().get("version") if r.status_code == 200 else r.text))
+                if r.status_code == 200:
+                    seen.append((200, r.json()["version"], r.json()["probabilities"]))
+                else:
+                    seen.append((r.status_code, r.text, None))
 
     def wait_for(version: str) -> None:
         deadline = time.time() + 90
@@ -154,21 +151,21 @@ def test_hot_swap_under_load_on_promotion_and_rollback(server, monkeypatch):
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        wait_for(str(v1.version))
-        run(
-            ["mlops", "registry", "promote", "fume_hood", str(v2.version), "--approver", "rm", "--reason", "v2"],
-            repo,
-            env,
-        )
-        wait_for(str(v2.version))
+        wait_for(v1)
+        run(["mlops", "registry", "promote", "fume_hood", v2, "--approver", "rm", "--reason", "v2"], repo, env)
+        wait_for(v2)
         run(["mlops", "registry", "rollback", "fume_hood", "--actor", "rm", "--reason", "back"], repo, env)
-        wait_for(str(v1.version))
+        wait_for(v1)
     finally:
         stop.set()
         worker.join(timeout=60)
     failures = [s for s in seen if s[0] != 200]
     assert not failures, failures[:5]
-    order = [v for i, (_, v) in enumerate(seen) if i == 0 or seen[i - 1][1] != v]
-    assert order == [str(v1.version), str(v2.version), str(v1.version)]
+    order = [v for i, (_, v, _) in enumerate(seen) if i == 0 or seen[i - 1][1] != v]
+    assert order == [v1, v2, v1]
+    # One answer per version for the one photo: every v1 answer (before and after) is the same, v2's differ.
+    answers = {version: {tuple(sorted(p.items())) for _, v, p in seen if v == version} for version in (v1, v2)}
+    assert len(answers[v1]) == 1 and len(answers[v2]) == 1, answers
+    assert answers[v1] != answers[v2]
     served = httpx.get(f"{base}/v1/models", timeout=60).json()["models"][0]
-    assert served["version"] == str(v1.version) and served["promoted_by"] == "rm"
+    assert served["version"] == v1 and served["promoted_by"] == "rm"

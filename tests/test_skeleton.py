@@ -371,8 +371,18 @@ def test_generic_loop_trains_evaluates_and_calibrates(prepared, params, tmp_path
     result = fit(TASK, model, TASK.dataset(prepared, "train"), TASK.dataset(prepared, "val"), cfg)
     assert {"val_loss", "val_reconstruction", "val_kl", "val_anomaly_score"} <= set(result.history[-1])
     evaluation = TASK.evaluate(model, prepared, params, tmp_path / "eval")
-    assert 0 <= evaluation.metrics["test_auroc"] <= 1
-    assert evaluation.metrics["serving_threshold"] > 0
+    m, table = evaluation.metrics, evaluation.tables["window_scores"]
+    assert m["serving_threshold"] > 0
+    # The metrics recomputed from the per-window table: AUROC as the share of (abnormal, normal) pairs
+    # ranked right (ties half), and the flags as score > serving threshold.
+    score, label = table["score"].to_numpy(), table["label"].to_numpy()
+    pos, neg = score[label == 1], score[label == 0]
+    assert len(pos) and len(neg)
+    diff = pos[:, None] - neg[None, :]
+    assert m["test_auroc"] == pytest.approx(float(((diff > 0) + 0.5 * (diff == 0)).mean()))
+    assert np.array_equal(table["flagged"].to_numpy(), score > m["serving_threshold"])
+    assert m["test_detection_rate"] == pytest.approx((pos > m["serving_threshold"]).mean())
+    assert m["test_false_alarm_rate"] == pytest.approx((neg > m["serving_threshold"]).mean())
     assert all(path.is_file() for path in evaluation.images.values())
     assert {"roc_curve.png", "score_timeline.png", "latent_embedding.png"} <= set(evaluation.images)
     assert len(evaluation.tables["window_scores"]) == 90 - 29

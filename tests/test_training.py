@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -57,13 +59,41 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(prepared, tmp_path):
 
 
 def test_early_stopping_keeps_best_weights(prepared):
-    model, _ = build(prepared)
-    config = FitConfig(
-        epochs=30, lr=0.5, batch_size=16, weight_decay=0.0, seed=1, monitor="loss", mode="min", patience=1
-    )
-    result = fit(TASK, model, TASK.dataset(prepared, "train"), TASK.dataset(prepared, "val"), config)
-    assert result.stopped_early and len(result.history) < 30
+    """The fit leaves the model holding exactly the best epoch's weights, not the last epoch's: after an
+    early stop, and after a run that ends on its epoch budget past its best epoch."""
+    train, val = TASK.dataset(prepared, "train"), TASK.dataset(prepared, "val")
+
+    def fit_recording(epochs: int, patience: int | None):
+        model, _ = build(prepared)
+        config = replace(cfg(epochs, patience), lr=0.5, seed=1)  # a large step: the val loss soon rises
+        snapshots: dict[int, dict[str, torch.Tensor]] = {}  # each epoch's weights, as the epoch left them
+
+        def keep(epoch: int, metrics: dict[str, float]) -> None:
+            snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        return model, fit(TASK, model, train, val, config, on_epoch=keep), snapshots
+
+    def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+        """Names of the tensors that are not bit for bit equal."""
+        assert a.keys() == b.keys()
+        return [k for k in a if not torch.equal(a[k], b[k])]
+
+    model, result, snapshots = fit_recording(30, patience=1)
+    last = len(result.history) - 1
+    assert result.stopped_early and last < 29 and sorted(snapshots) == list(range(last + 1))
     assert result.best_value == min(h["val_loss"] for h in result.history)
+    assert result.history[result.best_epoch]["val_loss"] == result.best_value and result.best_epoch < last
+    assert not differing(model.state_dict(), snapshots[result.best_epoch]), "not the best epoch's weights"
+    assert differing(model.state_dict(), snapshots[last])
+    with torch.no_grad():
+        again = TASK.val_metrics(model.eval()(val.tensors[0]), val.tensors[1])["loss"]
+    assert again == pytest.approx(result.best_value, rel=1e-6)
+
+    # The same seeded run with no patience and a budget ending at that last epoch: restored at the end too.
+    model, budget, snapshots = fit_recording(last + 1, patience=None)
+    assert not budget.stopped_early and budget.best_epoch == result.best_epoch and budget.best_epoch < last
+    assert not differing(model.state_dict(), snapshots[budget.best_epoch]), "not the best epoch's weights"
+    assert differing(model.state_dict(), snapshots[last])
 
 
 def test_model_dir_round_trip_without_pickled_objects(prepared, tmp_path):

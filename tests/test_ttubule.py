@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from mlops.tasks.ttubule.instances import (
     instance_stats,
     split_instances,
 )
-from mlops.tasks.ttubule.model import UNet, predict_whole, segmentation_loss, sliding_window
+from mlops.tasks.ttubule.model import LossConfig, UNet, predict_whole, segmentation_loss, sliding_window
 from mlops.tasks.ttubule.normalize import PeakSettings, histogram_peaks, normalize_stack, piecewise_linear
 from mlops.tasks.ttubule.simulate import LABELS_FILE, META_FILE, SimSettings, simulate_volume, simulate_volumes
 from mlops.tasks.ttubule.simulate import TTUBULE as TTUBULE_CLASS
@@ -339,18 +340,64 @@ def test_unet_overfits_one_small_batch(label_mode):
     assert ("mitochondria_f" in metrics) == (label_mode == "multi")
 
 
+# Hand-checked losses on one 2 x 2 image, pixels in row order. Labels background, mitochondria, T-tubule,
+# myofibril; boundary target 0, 1, 1, 0. The logits are logs of the probabilities written here, so each loss
+# can be written down with math.log. Multi-label: softmax rows below; single-label: T-tubule sigmoid 0.2, 0.3,
+# 0.8, 0.1 (target 0, 0, 1, 0, so its boundary target is 0, 0, 1, 0); boundary sigmoid 0.2, 0.9, 0.6, 0.5.
+# LossConfig defaults: rare_weight 10, focal gamma 2, Tversky alpha 0.3 (false positives), boundary weight 0.5.
+HAND_LABELS = [[0, 1], [3, 2]]
+HAND_BOUNDARY = [[0, 1], [1, 0]]
+HAND_SOFTMAX = [[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]
+HAND_TUBE, HAND_EDGE = [0.2, 0.3, 0.8, 0.1], [0.2, 0.9, 0.6, 0.5]
+log = math.log
+# Per class 1..3 (multi) over the 4 pixels, smoothed by 1: tp, fp, fn = (.5, .55, .5), (.25, .6, .75), (.4, .45, .6);
+# single: tp, fp, fn = .8, .6, .2. Index = (tp + 1) / (tp + alpha fp + (1 - alpha) fn + 1).
+MULTI_CE = (-log(0.7) - log(0.5) - log(0.4) - log(0.25)) / 4
+SINGLE_CE = (-log(0.8) - log(0.7) - log(0.8) - log(0.9)) / 4
+HAND_CLASS_LOSS = {
+    ("ce", "multi"): MULTI_CE,
+    ("weighted_ce", "multi"): (-log(0.7) - log(0.5) - 10 * log(0.4) - log(0.25)) / 13,
+    ("focal", "multi"): (-(0.3**2) * log(0.7) - 0.5**2 * log(0.5) - 0.6**2 * log(0.4) - 0.75**2 * log(0.25)) / 4,
+    ("dice", "multi"): MULTI_CE + ((1 - 1.5 / 2.025) + (1 - 1.25 / 1.925) + (1 - 1.4 / 1.925)) / 3,
+    ("tversky", "multi"): MULTI_CE + ((1 - 1.5 / 2.015) + (1 - 1.25 / 1.955) + (1 - 1.4 / 1.955)) / 3,
+    ("ce", "single"): SINGLE_CE,
+    ("weighted_ce", "single"): (-log(0.8) - log(0.7) - 10 * log(0.8) - log(0.9)) / 4,
+    ("focal", "single"): (-(0.2**2) * log(0.8) - 0.3**2 * log(0.7) - 0.2**2 * log(0.8) - 0.1**2 * log(0.9)) / 4,
+    ("dice", "single"): SINGLE_CE + 1 - 1.8 / 2.2,
+    ("tversky", "single"): SINGLE_CE + 1 - 1.8 / 2.12,
+}
+HAND_BOUNDARY_LOSS = {
+    "multi": (-log(0.8) - log(0.9) - log(0.6) - log(0.5)) / 4,
+    "single": (-log(0.8) - log(0.1) - log(0.6) - log(0.5)) / 4,  # the mitochondrion's contour is no target
+}
+
+
+def hand_outputs(label_mode: str) -> torch.Tensor:
+    """(1, C + 1, 2, 2) logits whose softmax / sigmoids are the probabilities above."""
+    edge = [log(q / (1 - q)) for q in HAND_EDGE]
+    if label_mode == "multi":
+        channels = [[log(p[c]) for p in HAND_SOFTMAX] for c in range(4)] + [edge]
+    else:
+        channels = [[log(p / (1 - p)) for p in HAND_TUBE], edge]
+    return torch.tensor(channels, dtype=torch.float32).reshape(1, len(channels), 2, 2)
+
+
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "tversky", "focal"])
 @pytest.mark.parametrize("label_mode", ["multi", "single"])
 def test_every_loss_works_in_both_label_modes(loss, label_mode):
     model = UNet(label_mode, width=4, depth=2, loss=loss)
-    targets = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
-    targets[:, 0, 4:8] = 3
-    out = model(torch.rand(2, 1, 16, 16))
-    assert out.shape[1] == (5 if label_mode == "multi" else 2)
-    value = TASK.criterion(model)(out, targets)
+    assert model(torch.rand(1, 1, 16, 16)).shape == (1, 5 if label_mode == "multi" else 2, 16, 16)
+    hand = LossConfig(loss, rare_weight=10.0, boundary_weight=0.5, focal_gamma=2.0, tversky_alpha=0.3)
+    assert model.loss_config == hand  # the constants the values above were worked out with
+    targets = torch.tensor([HAND_LABELS, HAND_BOUNDARY], dtype=torch.uint8)[None]
+    outputs = hand_outputs(label_mode).requires_grad_()
+    value = TASK.criterion(model)(outputs, targets)
+    expected = HAND_CLASS_LOSS[loss, label_mode] + 0.5 * HAND_BOUNDARY_LOSS[label_mode]
+    assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
     value.backward()
-    assert torch.isfinite(value)
-    assert torch.isfinite(segmentation_loss(out.detach(), targets))
+    assert torch.isfinite(outputs.grad).all() and outputs.grad.abs().sum() > 0
+    plain = HAND_CLASS_LOSS["ce", label_mode] + 0.5 * HAND_BOUNDARY_LOSS[label_mode]
+    assert float(segmentation_loss(outputs.detach(), targets)) == pytest.approx(plain, rel=1e-5)
 
 
 def test_single_label_learns_no_mitochondrion_contours():
