@@ -15,4 +15,6 @@ command -v chromium >/dev/null || { echo "== installing chromium (Debian)"; apt_
 command -v kubectl >/dev/null || { echo "== installing kubectl"; apt_install kubectl || echo "!! no kubectl package: the kustomize tests will fail"; }
 ruff check .
 ruff format --check .
-python -m pytest --durations=25 "$@"
+# Two workers (one per core; each module's tests stay in one, see tests/conftest.py); PYTEST_WORKERS=0 runs
+# everything in this process.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --durations=25 "$@"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,90 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# A developer's .env must not steer the suite (nor the processes it starts, which inherit this).
+os.environ["MLOPS_ENV_FILE"] = ""
+#: The one PostgreSQL setting of the suite: an admin URL whose user may create and drop databases.
+POSTGRES_ADMIN_URL = os.environ.get("MLOPS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
 torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str = "mlops_test") -> Iterator[str]:
+    """A fresh database on the test PostgreSQL server (dropped afterwards); yields its SQLAlchemy URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin_url = sa.engine.make_url(POSTGRES_ADMIN_URL)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL at {admin_url.render_as_string(hide_password=True)} is required: {exc}\n"
+            "Start it (.ci/run does: pg_ctlcluster ... main start) or set MLOPS_TEST_POSTGRES_URL."
+        )
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+#: Modules whose tests use the session's tiny pipeline (`pipeline_repo`): one xdist worker runs them all.
+PIPELINE_REPO_MODULES = ("tests/test_pipeline.py", "tests/test_repeats.py", "tests/test_serving.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`./test.sh` runs two workers) each module's tests run in one worker.
+
+    Module-scoped fixtures (a tiny pipeline, a served model) are then built once, not once per worker; the
+    modules sharing the session's tiny pipeline form one unit for the same reason. (xdist's own `loadgroup`
+    marks are ignored under pytest 9.2, whose node ids no longer read the suffix xdist writes.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "pipeline_repo" if module in PIPELINE_REPO_MODULES else module
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A module that starts using `pipeline_repo` must join PIPELINE_REPO_MODULES, or it would build its own."""
+    users = {str(item.path.relative_to(ROOT)) for item in items if "pipeline_repo" in item.fixturenames}
+    missing = users - set(PIPELINE_REPO_MODULES)
+    if missing:
+        raise pytest.UsageError(f"add {sorted(missing)} to PIPELINE_REPO_MODULES in tests/conftest.py")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state():
+    """Each test starts from the same environment, working directory and MLflow URIs, and leaves them so.
+
+    MLflow keeps its tracking and registry URIs in module globals; code under test sets them (connect()),
+    so without this one test's store would leak into the next.
+    """
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    environ, cwd = dict(os.environ), os.getcwd()
+    uris = tracking_utils._tracking_uri, registry_utils._registry_uri
+    yield
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    tracking_utils._tracking_uri, registry_utils._registry_uri = uris
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def tiny_params() -> dict:
@@ -53,8 +138,26 @@ def env_for(home: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run a command to its end in its own process group; on a timeout or an interrupted test (pytest-timeout)
+    the whole group is killed, so no worker a CLI spawned (sweep workers, dvc) outlives the test."""
+    import signal
+
+    child = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.communicate(timeout=30)
+        raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -131,34 +234,105 @@ def wait_ready(base: str, proc: subprocess.Popen, path: str = "/readyz", seconds
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise AssertionError(f"server died:\n{proc.stdout.read()}")
+            raise AssertionError(f"server died:\n{process_log(proc)}")
         time.sleep(0.5)
-    proc.kill()
-    raise AssertionError(f"server not ready:\n{proc.stdout.read()}")
+    raise AssertionError(f"server not ready after {seconds} s:\n{process_log(proc)}")
 
 
-def start_service(repo: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """`mlops serve` as a real uvicorn process in ``repo``; returns it and its base URL once ready."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlops"), "serve", "--port", str(port)],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, proc)
-    return proc, base
+def start_process(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A child process in its own process group, writing stdout+stderr to ``log`` (never to a pipe).
+
+    A pipe that nobody reads fills up (64 KiB) and then blocks the child; a file never does. The own
+    process group lets ``stop_process`` stop the child's children too (uvicorn/gunicorn workers).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc.log_path = log  # type: ignore[attr-defined]
+    _STARTED.append(proc)
+    return proc
+
+
+def process_log(proc: subprocess.Popen, tail: int = 8000) -> str:
+    path = getattr(proc, "log_path", None)
+    if path is None or not Path(path).exists():
+        return "(no log)"
+    return Path(path).read_text(errors="replace")[-tail:]
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """SIGTERM the child's whole process group, SIGKILL it after 20 s."""
+    import signal
+
+    if not getattr(proc, "log_path", None):  # not from start_process: no group of its own to stop
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        return
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    # Workers of a server may outlive their parent: the group goes in any case.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    if proc in _STARTED:
+        _STARTED.remove(proc)
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_every_started_process():
+    """Whatever a test or fixture started and did not stop (a failure mid-test) is stopped at the end."""
+    yield
+    for proc in list(_STARTED):
+        stop_process(proc)
+
+
+def start_service(repo: Path, env: dict[str, str], log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlops serve` as a real uvicorn process in ``repo``; returns it and its base URL once ready.
+
+    Its output goes to ``log`` (default ``<MLOPS_HOME>/serve-<port>.log``).
+    """
+    port = free_port()
+    log = log or Path(env.get("MLOPS_HOME", repo / ".mlops")) / f"serve-{port}.log"
+    proc = start_process([str(BIN / "mlops"), "serve", "--port", str(port)], repo, env, log)
+    base = f"http://127.0.0.1:{port}"
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        wait_ready(base, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, base
+
+
+def issue_key(env: dict[str, str], name: str, role: str = "member") -> str:
+    """An API key issued in process (what `mlops keys issue` does, without a CLI process)."""
+    from mlops.members.keys import KeyStore
+    from mlops.settings import Settings
+
+    home = env.get("MLOPS_HOME", ".mlops")
+    store = KeyStore(Settings(home=Path(home), _env_file=None).resolved_service_db_uri)
+    try:
+        return store.issue(name, role, "tests")[1]
+    finally:
+        store.engine.dispose()
 
 
 def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: int = 1, scale: float = 0.5):

@@ -9,7 +9,9 @@ from tests.conftest import ROOT
 
 
 def test_bench_help_lists_every_benchmark():
-    proc = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main"):
         assert name in proc.stdout

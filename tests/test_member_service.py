@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,7 +20,20 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import BIN, ROOT, copy_repo, env_for, free_port, run, start_service, stop_process, wait_ready
+from tests.conftest import (
+    BIN,
+    ROOT,
+    copy_repo,
+    env_for,
+    free_port,
+    issue_key,
+    register_altered_version,
+    run,
+    start_process,
+    start_service,
+    stop_process,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -67,8 +79,12 @@ def service(tmp_path_factory):
     run(promote, repo, env)
 
     keys = {}
-    for name, role in (("acme", "member"), ("steve", "steward"), ("ada", "admin"), ("other", "member")):
-        keys[name] = run(["mlops", "keys", "issue", name, "--role", role], repo, env).stdout.strip().splitlines()[-1]
+    # One key through the CLI (what an admin runs: the key is its last line), the rest in process.
+    keys["acme"] = (
+        run(["mlops", "keys", "issue", "acme", "--role", "member"], repo, env).stdout.strip().splitlines()[-1]
+    )
+    for name, role in (("steve", "steward"), ("ada", "admin"), ("other", "member")):
+        keys[name] = issue_key(env, name, role)
 
     env.update(
         MLOPS_MAX_UPLOAD_BYTES="200000",
@@ -84,8 +100,7 @@ def service(tmp_path_factory):
 
 
 def new_key(service, name: str, role: str = "member") -> str:
-    out = run(["mlops", "keys", "issue", name, "--role", role], service["repo"], service["env"])
-    return out.stdout.strip().splitlines()[-1]
+    return issue_key(service["env"], name, role)
 
 
 def fractograph(seed: int = 0) -> bytes:
@@ -276,7 +291,6 @@ def champion_version(service):
 
 def extra_version(service):
     """A new version with other weights (the champion's, moved by seeded noise) to move the alias to."""
-    from tests.conftest import register_altered_version
 
     return register_altered_version(service["repo"], service["env"], "fracture")
 
@@ -327,13 +341,12 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
     env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
     env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
     db = Path(env["MLOPS_HOME"]) / "mlflow.db"
-    mlflow_server = subprocess.Popen(
+    # Its own process group and a log file: the server forks workers, stopped with it by stop_process.
+    mlflow_server = start_process(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        tmp_path,
+        env,
+        tmp_path / "mlflow-server.log",
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", mlflow_server, "/health")

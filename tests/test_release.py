@@ -169,12 +169,16 @@ def test_verify_detects_edits_deletions_and_outside_alias_moves(registry):
 def test_cli_verify_exit_codes(registry, tmp_path):
     settings, params, params_path, make = registry
     env = env_for(settings.home_dir)
-    ok = subprocess.run([str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True)
+    ok = subprocess.run(
+        [str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     promote(TASK, make(accuracy=0.8), settings, params, "rm", "first")
     with sa.create_engine(settings.resolved_tracking_uri).begin() as conn:
         conn.execute(EVENTS.update().values(actor="mallory"))
-    bad = subprocess.run([str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(BIN / "mlops"), "registry", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 1 and "modified" in bad.stderr
 
 
@@ -283,11 +287,15 @@ def test_status_card_history_at_and_cli_on_postgres(pg_registry):
     }
     cli = str(BIN / "mlops")
     out = subprocess.run(
-        [cli, "registry", "history", TASK, "--at", between, "--json"], env=env, capture_output=True, text=True
+        [cli, "registry", "history", TASK, "--at", between, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert f'"to_version": "{v1}"' in out.stdout and f'"to_version": "{v2}"' not in out.stdout
-    verified = subprocess.run([cli, "registry", "verify"], env=env, capture_output=True, text=True)
+    verified = subprocess.run([cli, "registry", "verify"], env=env, capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 

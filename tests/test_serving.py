@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import register_altered_version, run, start_service, stop_process
+from tests.conftest import issue_key, register_altered_version, run, start_service, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def server(pipeline_repo):
         repo,
         env,
     )
-    key = run(["mlops", "keys", "issue", "tester"], repo, env).stdout.strip().splitlines()[-1]
+    key = issue_key(env, "tester")
     env["MLOPS_MAX_UPLOAD_BYTES"] = "300000"
     env["MLOPS_ALIAS_POLL_SECONDS"] = "0.3"
     env["MLOPS_RATE_LIMIT_PER_MINUTE"] = "1000000"  # the hot-swap test sends requests as fast as it can
