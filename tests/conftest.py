@@ -399,3 +399,15 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     (models / arm / RUN_FILE).write_text(json.dumps(record))
     registration = register_model(task, params, settings, models, work / "metrics.json", work / "registration.json")
     return client.get_model_version(task, registration.version)
+
+
+def assert_cam_layer_is_spatial(model, x) -> None:
+    """Grad-CAM's layer is on the forward path and still a spatial map (not pooled away); the map is in [0, 1]."""
+    from mlops.inference.gradcam import grad_cam
+
+    acts = []
+    handle = model.cam_layer.register_forward_hook(lambda _m, _i, out: acts.append(out.shape))
+    heat = grad_cam(model, x, lambda out: out[:, 0], model.cam_layer)
+    handle.remove()
+    assert len(acts) == 1 and len(acts[0]) == 4 and min(acts[0][2:]) > 1
+    assert heat.shape == (x.shape[0], *x.shape[2:]) and float(heat.min()) >= 0 and float(heat.max()) <= 1

@@ -18,7 +18,6 @@ from PIL import Image
 from mlops.config import parse_section
 from mlops.data.arrays import load_array, read_meta
 from mlops.inference.base import BadInput, load_predictor
-from mlops.inference.gradcam import grad_cam
 from mlops.tasks import get_task
 from mlops.tasks.fracture.inference import UNKNOWN, decide
 from mlops.tasks.fracture.model import MODELS, N_CLASSES
@@ -32,7 +31,7 @@ from mlops.tasks.fracture.task import (
     stratified_group_split,
 )
 from mlops.validation import validate_dataset
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_cam_layer_is_spatial
 
 TASK = get_task("fracture")
 N_SPECIMENS, PER_SPECIMEN = 12, 3
@@ -227,13 +226,7 @@ def test_prepare_is_deterministic(raw, params, tmp_path):
 def test_model_forward_shape_and_gradcam_layer(depth):
     model = MODELS.build("cnn", width=4, depth=depth, dropout=0.0)
     assert model(torch.rand(3, 1, 32, 32)).shape == (3, N_CLASSES)
-    # Grad-CAM's layer is on the forward path and still a spatial map (not pooled away)
-    acts = []
-    handle = model.cam_layer.register_forward_hook(lambda _m, _i, out: acts.append(out.shape))
-    heat = grad_cam(model, torch.rand(3, 1, 32, 32), lambda out: out[:, 0], model.cam_layer)
-    handle.remove()
-    assert len(acts) == 1 and len(acts[0]) == 4 and min(acts[0][2:]) > 1
-    assert heat.shape == (3, 32, 32) and float(heat.min()) >= 0 and float(heat.max()) <= 1
+    assert_cam_layer_is_spatial(model, torch.rand(3, 1, 32, 32))
 
 
 def test_model_is_invariant_to_brightness_and_contrast():
