@@ -15,10 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    # MLOPS_ENV_FILE names another settings file; empty reads none (the test suite sets it so).
-    model_config = SettingsConfigDict(
-        env_prefix="MLOPS_", env_file=os.environ.get("MLOPS_ENV_FILE", ".env") or None, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", env_file=".env", extra="ignore")
+
+    def __init__(self, **values):
+        # MLOPS_ENV_FILE names another settings file; empty reads none (the test suite sets it so). Read at
+        # each construction, not at import, so setting it later still counts.
+        if "MLOPS_ENV_FILE" in os.environ:
+            values.setdefault("_env_file", os.environ["MLOPS_ENV_FILE"] or None)
+        super().__init__(**values)
 
     home: Path = Path(".mlops")
     tracking_uri: str | None = None

@@ -86,3 +86,17 @@ def test_gates_report_each_failure():
     failures = gates.failures({"acc": 0.4, "err": float("nan")})
     assert len(failures) == 2 and "acc=0.4 < 0.5" in failures[0]
     assert gates.failures({}) == ["acc=None < 0.5", "err=None > 2.0"]
+
+
+def test_env_file_is_read_unless_mlops_env_file_says_none(tmp_path, monkeypatch):
+    """A developer's .env steers the platform, never the suite (conftest sets MLOPS_ENV_FILE empty)."""
+    from mlops.settings import Settings
+
+    (tmp_path / ".env").write_text("MLOPS_DVC_REMOTE=from-the-env-file\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings().dvc_remote == ".dvc-storage"
+    monkeypatch.delenv("MLOPS_ENV_FILE")
+    assert Settings().dvc_remote == "from-the-env-file"
+    monkeypatch.setenv("MLOPS_ENV_FILE", str(tmp_path / ".env"))
+    monkeypatch.chdir(ROOT)
+    assert Settings().dvc_remote == "from-the-env-file"

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops.data.layout import IMAGE_SUFFIXES
 from mlops.tasks.base import BadUpload, Upload
 
-IMAGE_SUFFIX_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+#: content type of each image suffix the real-data layout accepts
+IMAGE_SUFFIX_TYPES = {suffix: "image/png" if suffix == ".png" else "image/jpeg" for suffix in IMAGE_SUFFIXES}
 
 
 def default_max_pixels() -> int:
@@ -28,14 +30,6 @@ def default_max_pixels() -> int:
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=array.dtype.hasobject)
-    return buffer.getvalue()
-
-
-def image_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
