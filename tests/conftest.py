@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -103,15 +105,64 @@ def _isolated_process_state():
     os.environ.update(environ)
 
 
+#: Per task: params.yaml overrides that shrink its data, for every test that runs a task on tiny data.
+TINY: dict[str, dict[str, Any]] = {
+    "fume_hood": {
+        "simulate": {"n_photos": 40, "n_labs": 12, "width": 160, "height": 120},
+        "validation": {"min_photos_per_rating": 1, "min_width": 32, "min_height": 24},
+        "input": {"width": 32, "height": 24},
+        "augment": {"copies": 3},
+    },
+    "gas_leak": {
+        "simulate": {
+            "n_sim": 24,
+            "n_field": 6,
+            "geometry": {"frames": 10, "height": 16, "width": 16, "margin_px": 2.0, "seqs_per_scene": 2},
+        },
+        "validation": {"min_sequences": 10, "min_frames": 8, "height": 16, "width": 16},
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+        "input": {"frames": 8},
+        "augment": {"copies": 2},
+    },
+    "skeleton": {
+        "simulate": {
+            "n_train_videos": 3,
+            "train_frames_per_video": 45,
+            "n_test_videos": 1,
+            "test_frames_per_video": 90,
+            "segment_seconds_min": 0.8,
+            "segment_seconds_max": 1.2,
+            "abnormal_fraction": 0.5,
+        },
+        "split": {"val_fraction": 0.34},
+    },
+    "fracture": {
+        "simulate": {"n_specimens": 12, "images_per_specimen": 3, "min_size": 64, "max_size": 96},
+        "validation": {"min_images_per_class": 2, "min_width": 32, "min_height": 32},
+        "input": {"size": 32},
+        "augment": {"copies": 2, "outlier_share": 0.2},
+    },
+    "ttubule": {
+        "simulate": {"n_volumes": 3, "slices": 6, "height": 64, "width": 64},
+        "validation": {"min_slices": 2, "min_height": 32, "min_width": 32, "max_ttubule_fraction": 0.06},
+        "augment": {"tiles_per_slice": 2},
+        "input": {"tile": 32, "infer_tile": 128},
+    },
+}
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def tiny_params() -> dict:
     """params.yaml with every budget shrunk so the whole pipeline runs in about a minute."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = ["fume_hood"]
-    fh = params["fume_hood"]
-    fh["simulate"].update(n_photos=40, n_labs=12, width=160, height=120)
-    fh["validation"].update(min_photos_per_rating=1, min_width=32, min_height=24)
-    fh["input"].update(width=32, height=24)
-    fh["augment"]["copies"] = 3
+    fh = params["fume_hood"] = deep_update(params["fume_hood"], TINY["fume_hood"])
     fh["train"].update(epochs=2, patience=2)
     fh["evaluate"]["gradcam_samples"] = 4
     fh["gates"] = {"min": {"test_accuracy": 0.0}, "max": {}}
@@ -342,8 +393,8 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     The same path as the pipeline's train -> evaluate -> register stages: the champion's weights and spec
     from the registry, every float parameter plus ``scale`` x (its std + 0.01) x N(0, 1) noise drawn from
     ``seed``, the task's calibration, a real MLflow run carrying the champion run's lineage tags with the
-    model logged as the project's pyfunc (``log_pyfunc``), the task's own test-split evaluation of the new
-    weights as its metrics, then ``register_model`` (gates, ``challenger`` if they hold, model card).
+    model logged as the project's pyfunc (``log_pyfunc``), the evaluate stage's ``evaluate_model`` for its
+    metrics, then ``register_model`` (gates, ``challenger`` if they hold, model card).
     Returns the new MLflow ModelVersion.
     """
     import json
@@ -358,6 +409,7 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     from mlops.tracking.lineage import TAG
     from mlops.tracking.log_model import log_pyfunc
     from mlops.tracking.runs import connect, experiment_id
+    from mlops.training.evaluate import evaluate_model
     from mlops.training.final import RUN_FILE, SELECTED_FILE
     from mlops.training.model_files import load_model_dir, save_model_dir
 
@@ -385,9 +437,6 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     models = work / "models"
     save_model_dir(models / arm, model, spec)
     (models / SELECTED_FILE).write_text(json.dumps({"arm": arm}))
-    evaluation = t.evaluate(model.eval(), prepared, params.task(task), work / "evaluation")
-    metrics = {k: (None if isinstance(v, float) and v != v else v) for k, v in evaluation.metrics.items()}
-    (work / "metrics.json").write_text(json.dumps(metrics))
 
     tags = {k: v for k, v in client.get_run(source.run_id).data.tags.items() if k.startswith(TAG)}
     tags |= {f"{TAG}run_kind": "train", "tests.altered_from": f"v{source.version} seed={seed} scale={scale}"}
@@ -397,6 +446,10 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
         info = log_pyfunc(models / arm, t.example_input(prepared))
     record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task, "arm": arm, "tags": tags}
     (models / arm / RUN_FILE).write_text(json.dumps(record))
+    # The evaluate stage's own code: test-split metrics into metrics.json and onto the run.
+    evaluate_model(
+        task, params, settings, models, prepared, work / "evaluation", work / "tables", work / "metrics.json"
+    )
     registration = register_model(task, params, settings, models, work / "metrics.json", work / "registration.json")
     return client.get_model_version(task, registration.version)
 

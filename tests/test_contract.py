@@ -11,7 +11,6 @@ served version; each bad upload the task declares (``Task.bad_uploads``) with it
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,64 +21,13 @@ import yaml
 
 from mlops.config import CategoricalParam, Experiment, load_experiment, load_params
 from mlops.tasks import get_task, task_names
-from tests.conftest import ROOT, env_for, issue_key, start_service, stop_process, write_params
+from tests.conftest import ROOT, TINY, deep_update, env_for, issue_key, start_service, stop_process, write_params
 
 pytestmark = pytest.mark.integration
 
 TASKS = task_names()
 APPROVER, REASON = "contract test", "the contract test promotes every task's tiny model"
 EPOCHS = 2
-#: Per task: params.yaml overrides that shrink its data (the sizes its own test module uses).
-TINY: dict[str, dict[str, Any]] = {
-    "fume_hood": {
-        "simulate": {"n_photos": 40, "n_labs": 12, "width": 160, "height": 120},
-        "validation": {"min_photos_per_rating": 1, "min_width": 32, "min_height": 24},
-        "input": {"width": 32, "height": 24},
-        "augment": {"copies": 3},
-    },
-    "gas_leak": {
-        "simulate": {
-            "n_sim": 24,
-            "n_field": 6,
-            "geometry": {"frames": 10, "height": 16, "width": 16, "margin_px": 2.0, "seqs_per_scene": 2},
-        },
-        "validation": {"min_sequences": 10, "min_frames": 8, "height": 16, "width": 16},
-        "split": {"val_fraction": 0.2, "test_fraction": 0.2},
-        "input": {"frames": 8},
-        "augment": {"copies": 2},
-    },
-    "skeleton": {
-        "simulate": {
-            "n_train_videos": 3,
-            "train_frames_per_video": 45,
-            "n_test_videos": 1,
-            "test_frames_per_video": 90,
-            "segment_seconds_min": 0.8,
-            "segment_seconds_max": 1.2,
-            "abnormal_fraction": 0.5,
-        },
-        "split": {"val_fraction": 0.34},
-    },
-    "fracture": {
-        "simulate": {"n_specimens": 12, "images_per_specimen": 3, "min_size": 64, "max_size": 96},
-        "validation": {"min_images_per_class": 2, "min_width": 32, "min_height": 32},
-        "input": {"size": 32},
-        "augment": {"copies": 2, "outlier_share": 0.2},
-    },
-    "ttubule": {
-        "simulate": {"n_volumes": 3, "slices": 6, "height": 64, "width": 64},
-        "validation": {"min_slices": 2, "min_height": 32, "min_width": 32, "max_ttubule_fraction": 0.06},
-        "augment": {"tiles_per_slice": 2},
-        "input": {"tile": 32, "infer_tile": 128},
-    },
-}
-
-
-def deep_update(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        out[key] = deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def contract_params() -> dict:

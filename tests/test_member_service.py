@@ -23,7 +23,9 @@ from PIL import Image
 from tests.conftest import (
     BIN,
     ROOT,
+    TINY,
     copy_repo,
+    deep_update,
     env_for,
     free_port,
     issue_key,
@@ -42,11 +44,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def fracture_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tasks"] = ["fracture"]
-    section = params["fracture"]
-    section["simulate"].update(n_specimens=12, images_per_specimen=3, min_size=64, max_size=96)
-    section["validation"].update(min_images_per_class=2, min_width=32, min_height=32)
-    section["input"].update(size=32)
-    section["augment"]["copies"] = 1
+    section = params["fracture"] = deep_update(params["fracture"], TINY["fracture"])
     section["train"].update(epochs=2, patience=2)
     section["gates"].update(min={"test_accuracy": 0.0}, max={})
     return {k: params[k] for k in ("base", "tasks", "sweep", "fracture")}
@@ -293,7 +291,6 @@ def champion_version(service):
 
 def extra_version(service):
     """A new version with other weights (the champion's, moved by seeded noise) to move the alias to."""
-
     return register_altered_version(service["repo"], service["env"], "fracture")
 
 
