@@ -339,6 +339,11 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
     # Loopback over plain http is this test's setup; MLflow allows only https to public hosts by default.
     env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
     env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+    # One key for every worker of the server: without it each worker encrypts webhook secrets with its own
+    # random key, and an event handled by another worker than the one that stored the webhook is not delivered.
+    from cryptography.fernet import Fernet
+
+    env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = Fernet.generate_key().decode()
     db = Path(env["MLOPS_HOME"]) / "mlflow.db"
     # Its own process group and a log file: the server forks workers, stopped with it by stop_process.
     mlflow_server = start_process(
