@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,26 @@ from mlops.tasks import get_task
 from mlops.tasks.base import ModelSpec
 
 WEIGHTS, SPEC = "weights.pt", "spec.json"
+#: MLflow tag (train run and model version) holding :func:`weights_digest` of the model's weights
+WEIGHTS_TAG = "mlops.weights_sha256"
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 of the weights' tensors (names, dtypes, shapes, bytes in name order).
+
+    Hashes the values, not the ``weights.pt`` file, so it does not depend on how torch laid out the archive:
+    two trainings that produced the same numbers have the same digest, bit for bit.
+    """
+    path = model_dir / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the train stage (`mlops train`) first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_model_dir(out_dir: Path, model: nn.Module, spec: ModelSpec) -> None:
