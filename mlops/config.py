@@ -25,6 +25,9 @@ class Strict(BaseModel):
 
 class BaseParams(Strict):
     seed: int
+    #: torch threads of the train stage's fit and of evaluation (sweep and repeats workers use one each). Part of
+    #: the result: reductions split by it, so the same seed at another thread count gives other weights.
+    threads: Annotated[int, Field(ge=1, le=256)]
 
 
 class SweepParams(Strict):
@@ -42,6 +45,10 @@ class Objective(Strict):
 class Budget(Strict):
     n_trials: Annotated[int, Field(ge=1)]
     epochs_per_trial: Annotated[int, Field(ge=1)]
+    #: trials proposed together, each from the finished trials of earlier generations only (mlops/tuning/
+    #: generations.py): the study is then the same for any number of workers. 0 = free-running (not reproducible
+    #: with more than one worker).
+    generation_size: Annotated[int, Field(ge=0)] = 2
 
 
 class SamplerSpec(Strict):

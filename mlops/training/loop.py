@@ -30,6 +30,9 @@ class FitConfig:
     monitor: str
     mode: str  # "max" or "min"
     patience: int | None = None
+    #: torch threads of this fit (see :func:`deterministic_torch`): one in a sweep or repeats worker, the
+    #: params' ``base.threads`` in the train stage
+    threads: int = 1
 
 
 @dataclass
@@ -44,6 +47,43 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def deterministic_torch(threads: int) -> None:
+    """The same inputs give the same numbers in this process: a fixed thread count and deterministic kernels.
+
+    The thread count matters on the CPU: parallel reductions (and MKL/oneDNN's blocking) split the work by it, so
+    a sum over 1 or 2 threads differs in the last bits. CPU-capability dispatch (AVX2 vs AVX-512) is pinned in
+    the environment before torch loads (``mlops/__init__.py``). ``use_deterministic_algorithms`` makes a kernel
+    without a deterministic implementation fail loudly instead of varying (on GPUs mostly).
+    """
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """Python's, NumPy's and torch's global random states as tensors (a ``weights_only`` checkpoint holds them)."""
+    version, keys, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": torch.tensor([version, *keys], dtype=torch.int64),
+        "python_gauss": torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64),
+        "numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_extra": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` saved: a resumed run draws what the uninterrupted one would have."""
+    python = state["python"].tolist()
+    has_gauss, gauss = state["python_gauss"].tolist()
+    random.setstate((python[0], tuple(python[1:]), gauss if has_gauss else None))
+    pos, np_has_gauss, np_gauss = state["numpy_extra"].tolist()
+    keys = state["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, int(pos), int(np_has_gauss), float(np_gauss)))
+    torch.set_rng_state(state["torch"])
 
 
 def device() -> torch.device:
@@ -77,6 +117,7 @@ def fit(
     """
     if cfg.mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {cfg.mode!r}")
+    deterministic_torch(cfg.threads)
     seed_everything(cfg.seed)
     dev = device()
     model.to(dev)
@@ -96,6 +137,8 @@ def fit(
         best_state, best_value, best_epoch = state["best_model"], state["best_value"], state["best_epoch"]
         history, start = state["history"], state["epoch"] + 1
         generator.set_state(state["generator"])
+        if "rng" in state:  # dropout and anything else drawing from the global generators (absent: older checkpoint)
+            set_rng_state(state["rng"])
 
     stale = 0 if best_epoch < 0 else len(history) - 1 - best_epoch
     criterion = task.criterion(model)  # the task's loss, bound to the model's tuned loss settings
@@ -133,6 +176,7 @@ def fit(
                     "history": history,
                     "epoch": epoch,
                     "generator": generator.get_state(),
+                    "rng": rng_state(),
                 },
                 tmp,
             )

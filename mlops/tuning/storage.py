@@ -57,7 +57,7 @@ def make_storage(
         ) from exc
 
 
-def retry_callback(max_retry: int) -> StaleTrialCallback:
+def retry_callback(max_retry: int | None) -> StaleTrialCallback:
     """Optuna's retry of a stale trial: a WAITING copy (same params, intermediate values kept).
 
     Optuna 4.9 renamed ``RetryFailedTrialCallback`` to ``RetryHeartbeatStaleTrialCallback`` (the old

@@ -8,6 +8,7 @@ and final state (complete / pruned / failed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,12 +28,24 @@ from mlops.tasks import get_task
 from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
 from mlops.tracking.runs import connect, experiment_id
 from mlops.training.loop import FitConfig, fit, seed_everything
+from mlops.tuning.generations import YIELDED, GenerationPruner, GenerationSampler, Ledger, logical_table
 from mlops.tuning.space import make_pruner, make_sampler, monitored_metric, suggest
 from mlops.tuning.storage import is_server_database, make_storage, retried_trial_number, retry_callback, retry_history
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED_NAMES = tuple(state.name for state in FINISHED)
 #: MLflow tag on every attempt's run of one trial: the number of its first attempt
 ROOT_TAG = "optuna.root_trial"
+#: MLflow tag: the trial's logical number (mlops/tuning/generations.py), the same in every run of the study
+LOGICAL_TAG = "mlops.trial"
+#: seconds between looks at the storage while a worker waits for a generation to settle
+POLL_S = 0.5
+
+
+class GenerationNotOpen(Exception):
+    """A worker got a trial whose generation has not settled yet: it gave the trial back (see ``_give_back``)."""
+
+
 TRAINING_KEYS = ("lr", "batch_size", "weight_decay")
 
 
@@ -137,15 +150,45 @@ def _close_trial_runs(study_name: str, root: int, state: str) -> None:
 
 
 def open_study(job: SweepJob, exp: Experiment, worker_seed: int, settings: Settings | None = None) -> optuna.Study:
-    """Create or load the job's study with this worker's sampler (seeded) and the experiment's pruner."""
+    """Create or load the job's study with the experiment's sampler and pruner.
+
+    In generations (``budget.generation_size`` > 0) both see only earlier generations and each trial's sampler
+    is seeded from the study seed and its logical number, so ``worker_seed`` is unused; free-running, the
+    worker's sampler is seeded with it.
+    """
+    size = exp.budget.generation_size
+    if size > 0:
+        sampler = GenerationSampler(lambda seed: make_sampler(exp.sampler, seed), job.seed, size)
+        pruner = GenerationPruner(make_pruner(exp.pruner), size)
+    else:
+        sampler, pruner = make_sampler(exp.sampler, worker_seed), make_pruner(exp.pruner)
     return optuna.create_study(
         storage=sweep_storage(job.storage_url, settings or Settings()),
         study_name=job.study_name,
         direction=exp.objective.direction,
-        sampler=make_sampler(exp.sampler, worker_seed),
-        pruner=make_pruner(exp.pruner),
+        sampler=sampler,
+        pruner=pruner,
         load_if_exists=True,
     )
+
+
+def max_retry(job: SweepJob, settings: Settings) -> int | None:
+    """Retries a dead worker's trial gets (None: a failed trial is never retried, it is final at once)."""
+    return settings.trial_max_retry if heartbeats_enabled(job.storage_url, settings) else None
+
+
+def _give_back(study: optuna.Study, trial: optuna.Trial, this: optuna.trial.FrozenTrial, root: int | None) -> None:
+    """Fail this attempt and queue an identical one (same logical number, same fixed params) to run later.
+
+    The copy is queued before the attempt fails, so no worker ever sees the logical trial failed with nothing
+    to come. It does not count as a retry of a dead worker (``retry_history`` is carried, not extended).
+    """
+    attrs = {"failed_trial": this.number if root is None else root}
+    for key in ("fixed_params", "retry_history"):
+        if key in this.system_attrs:
+            attrs[key] = this.system_attrs[key]
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs=attrs))
+    study._storage.set_trial_system_attr(trial._trial_id, YIELDED, True)
 
 
 def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Settings):
@@ -155,6 +198,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
     prepared = Path(job.prepared_dir)
     train, val = task.dataset(prepared, "train"), task.dataset(prepared, "val")
     monitor, mode = monitored_metric(exp)
+    retries = max_retry(job, settings)
     if not job.track:
         mlflow, tags, exp_id = _Untracked(), {}, ""
     else:
@@ -166,25 +210,33 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         exp_id = experiment_id(settings, job.task)
 
     def objective(trial: optuna.Trial) -> float:
+        this = _frozen(trial)
+        ledger = Ledger.of(trial.study.get_trials(deepcopy=False))
+        number = ledger.logical[trial.number]
+        root = retried_trial_number(this)
+        if number >= exp.budget.n_trials:  # two workers raced for the last trial: this one is surplus
+            trial.study._storage.set_trial_system_attr(trial._trial_id, YIELDED, True)
+            raise GenerationNotOpen(f"trial {number} is beyond the budget")
+        if not ledger.is_open(number, exp.budget.generation_size, retries):
+            _give_back(trial.study, trial, this, root)
+            raise GenerationNotOpen(f"generation of trial {number} is not open")
         fixed, space = exp.arm_space(job.arm)
         hp = {**fixed, **suggest(trial, space)}
         trial.set_user_attr("worker_pid", os.getpid())  # which worker ran it (audit of parallelism)
-        this = _frozen(trial)
         # A retry of a trial whose worker died is the same trial: same seed, checkpoint and MLflow run.
-        root = retried_trial_number(this)
         root = trial.number if root is None else root
-        run = _start_trial_run(job, exp_id, tags, trial.number, root) if job.track else None
+        run = _start_trial_run(job, exp_id, tags, trial.number, root, number) if job.track else None
         try:
             if root == trial.number:
                 mlflow.log_params(hp)
-            seed_everything(job.seed + root)  # initial weights reproducible per trial
+            seed_everything(job.seed + number)  # initial weights follow the logical trial, not the worker's turn
             model, _ = task.build_model(hp, prepared)
             cfg = FitConfig(
                 epochs=exp.budget.epochs_per_trial,
                 lr=float(hp["lr"]),
                 batch_size=int(hp["batch_size"]),
                 weight_decay=float(hp.get("weight_decay", 0.0)),
-                seed=job.seed + root,
+                seed=job.seed + number,
                 monitor=monitor,
                 mode=mode,
             )
@@ -225,7 +277,7 @@ def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     return next(t for t in running if t.number == trial.number)
 
 
-def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: int, root: int):
+def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: int, root: int, logical: int):
     """A trial's MLflow child run; a retry reopens the run its earlier attempt started."""
     import mlflow
 
@@ -237,7 +289,7 @@ def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: i
             return run
     return mlflow.start_run(
         experiment_id=exp_id,
-        run_name=f"{job.arm}-trial-{root}",
+        run_name=f"{job.arm}-trial-{logical}",
         parent_run_id=job.parent_run_id,
         tags={
             **tags,
@@ -245,6 +297,7 @@ def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: i
             f"{TAG}arm": job.arm,
             "optuna.trial_number": str(number),
             ROOT_TAG: str(root),
+            LOGICAL_TAG: str(logical),
         },
     )
 
@@ -274,56 +327,60 @@ def _report_checkpointed_epochs(trial: optuna.Trial, this: optuna.trial.FrozenTr
 
 def worker_main(job: SweepJob, worker_index: int) -> None:
     """Entry point of one local worker process (and of a Kubernetes worker pod)."""
-    import torch
 
     from mlops.config import load_experiment, load_params
+    from mlops.training.loop import deterministic_torch
 
-    torch.set_num_threads(1)  # N workers on N cores: no oversubscription
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    deterministic_torch(threads=1)  # N workers on N cores: no oversubscription; the same numbers every run
+    # ERROR, not WARNING: a trial given back to its generation (GenerationNotOpen) is logged as a failed trial by
+    # Optuna; real failures re-raise (catch=()) and stop the worker loudly anyway.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings = Settings()
     connect(settings)
     params = load_params(job.params_path)
     exp = load_experiment(job.task, job.experiments_dir)
     study = open_study(job, exp, worker_seed=job.seed * 1000 + worker_index, settings=settings)
     objective = _objective(job, exp, params, settings)
-    if heartbeats_enabled(job.storage_url, settings):
-        # Lingering workers look again every few seconds: one cheap query, and they leave soon after the last trial.
-        _work_with_heartbeats(study, objective, exp.budget.n_trials, poll=min(settings.heartbeat_interval, 5))
-        return
-    while True:
-        # Count in-flight trials too, so N workers stop together at the budget.
-        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        if len(trials) >= exp.budget.n_trials:
-            return
-        study.optimize(objective, n_trials=1, catch=())
+    _work(study, objective, exp, max_retry(job, settings), heartbeats_enabled(job.storage_url, settings))
 
 
-def _work_with_heartbeats(study: optuna.Study, objective, n_trials: int, poll: float) -> None:
-    """Run trials until ``n_trials`` have finished, retrying those whose worker died.
+def _work(study: optuna.Study, objective, exp: Experiment, retries: int | None, heartbeats: bool) -> None:
+    """Run trials until the budget is spent: each when its generation is open, waiting retries first.
 
-    A worker does not leave while another trial is running: if that trial's worker is dead, its
-    heartbeat stops, it is failed after the grace period and its retry must still be run.
+    With heartbeats a worker does not leave while another trial is running: if that trial's worker is dead,
+    its heartbeat stops, it is failed after the grace period and its retry must still be run. Without, a
+    worker leaves once every trial of the budget has been handed out.
     """
+    size, n_trials = exp.budget.generation_size, exp.budget.n_trials
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL + WAITING retries
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        finished = sum(s in FINISHED for s in states)
-        running = states.count(TrialState.RUNNING)
-        if TrialState.WAITING in states or finished + running < n_trials:
-            study.optimize(objective, n_trials=1, catch=())  # takes a waiting retry first
-        elif running == 0:
-            return
-        else:
-            time.sleep(poll)
+        if heartbeats:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL + WAITING retries
+        ledger = Ledger.of(study.get_trials(deepcopy=False))
+        upcoming = ledger.next_to_run(n_trials)
+        if upcoming is None:
+            if not heartbeats or not any(t.state == TrialState.RUNNING for t in ledger.trials):
+                return
+        elif ledger.is_open(upcoming, size, retries):
+            # takes a waiting trial first; GenerationNotOpen: another worker took the trial this one expected
+            with contextlib.suppress(GenerationNotOpen):
+                study.optimize(objective, n_trials=1, catch=())
+            continue
+        time.sleep(POLL_S)
 
 
 def _fail_stale_trials(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed local sweep can never finish: mark them failed."""
+    """Trials left RUNNING by a killed local sweep can never finish: fail each and queue its retry.
+
+    The retry is the same logical trial (same params, seed, checkpoint and MLflow run), so a resumed sweep
+    ends with the study an uninterrupted one makes.
+    """
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    retry = retry_callback(None)
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        retry(study, trial)
     return len(stale)
 
 
@@ -448,27 +505,29 @@ def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: s
     import mlflow
 
     study_name = study.study_name
-    finished = study.get_trials(deepcopy=False)
-    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    table = logical_table(study.get_trials(deepcopy=False))
+    complete = [row for row in table if row["state"] == "COMPLETE"]
     if not complete:
         raise RuntimeError(f"study {study_name} has no complete trial: widen the search space or the budget")
-    best = study.best_trial
+    # The best value, ties to the lowest logical number: the same pick however the workers were scheduled.
+    sign = -1.0 if exp.objective.direction == "maximize" else 1.0
+    best = min(complete, key=lambda row: (sign * row["value"], row["number"]))
     result = SweepResult(
         arm=arm,
         study_name=study_name,
         parent_run_id=parent_id,
-        best_params={**exp.arm_space(arm)[0], **best.params},
-        best_value=float(best.value),
-        best_trial=best.number,
+        best_params={**exp.arm_space(arm)[0], **best["params"]},
+        best_value=float(best["value"]),
+        best_trial=best["number"],
         objective_metric=exp.objective.metric,
         direction=exp.objective.direction,
         n_complete=len(complete),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in finished),
-        n_failed=sum(t.state == TrialState.FAIL for t in finished),
+        n_pruned=sum(row["state"] == "PRUNED" for row in table),
+        n_failed=sum(row["state"] == "FAIL" for row in table),
     )
     if not log:
         return result
-    mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+    mlflow.log_params({f"best.{k}": v for k, v in best["params"].items()})
     mlflow.log_metrics(
         {
             f"best_{exp.objective.metric}": result.best_value,
@@ -496,10 +555,10 @@ def _follow(study: optuna.Study, exp: Experiment, procs: list, show_progress: bo
         bar = progress.add_task("trials", total=exp.budget.n_trials, study=study.study_name, best="")
         while True:
             alive = any(p.is_alive() for p in procs)
-            trials = study.get_trials(deepcopy=False, states=FINISHED)
-            values = [t.value for t in trials if t.state == TrialState.COMPLETE]
+            trials = [row for row in logical_table(study.get_trials(deepcopy=False)) if row["state"] in FINISHED_NAMES]
+            values = [row["value"] for row in trials if row["state"] == "COMPLETE"]
             best = (max if exp.objective.direction == "maximize" else min)(values) if values else None
-            pruned = sum(t.state == TrialState.PRUNED for t in trials)
+            pruned = sum(row["state"] == "PRUNED" for row in trials)
             label = f"best {exp.objective.metric}={best:.4f}, pruned {pruned}" if best is not None else ""
             progress.update(bar, completed=min(len(trials), exp.budget.n_trials), best=label)
             if not alive:
@@ -575,7 +634,9 @@ def run_sweeps(
 def write_sweeps(results: dict[str, SweepResult], path: Path, register_arm: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     selected = select_arm(results, register_arm)
-    summary = {"selected": selected, "arms": {arm: asdict(r) for arm, r in results.items()}}
+    # Results only: the MLflow parent run id differs on every run (it stays on the MLflow runs themselves).
+    arms = {arm: {k: v for k, v in asdict(r).items() if k != "parent_run_id"} for arm, r in results.items()}
+    summary = {"selected": selected, "arms": arms}
     path.write_text(json.dumps(summary, indent=2, sort_keys=True))
 
 
