@@ -13,7 +13,7 @@ from tests.test_sweep import sweep_setup, write_experiment  # noqa: F401  (fixtu
 pytestmark = pytest.mark.integration
 
 
-def _sweep(sweep_setup, home, monkeypatch, workers: int, **experiment):
+def _sweep(sweep_setup, home, monkeypatch, workers: int, **experiment):  # noqa: F811
     from mlops.settings import Settings
     from mlops.tuning.storage import make_storage
     from mlops.tuning.sweep import run_sweep
@@ -30,7 +30,7 @@ def _sweep(sweep_setup, home, monkeypatch, workers: int, **experiment):
 
 
 @pytest.mark.timeout(400)
-def test_one_and_two_workers_make_the_same_study(sweep_setup, tmp_path, monkeypatch):
+def test_one_and_two_workers_make_the_same_study(sweep_setup, tmp_path, monkeypatch):  # noqa: F811
     """TPE after two random trials and a median pruner from the second generation, on a continuous objective
     (validation loss): params, states, values and the best trial agree exactly between one worker and two."""
     experiment = {
