@@ -48,36 +48,39 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
     params, prepared, report, exp_dir, raw = sweep_setup
     exp = write_experiment(
         exp_dir,
-        budget={"n_trials": 3, "epochs_per_trial": 2},
+        # generation 0: the two trials added below and trials 2, 3 (one per worker); generation 1: trial 4
+        budget={"n_trials": 5, "epochs_per_trial": 2, "generation_size": 4},
         pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
     )
     settings = Settings()
-    # A finished trial that was perfect at every epoch: any real trial below it is pruned at epoch 0.
+    # Two finished trials that were perfect at every epoch: the median of generation 0 at epoch 0 is then above any
+    # real trial's value, so trial 4 (generation 1) is pruned at epoch 0.
     name = study_name_for("fume_hood", "custom_cnn", exp, params, prepared)
     study = optuna.create_study(
         storage=make_storage(settings.resolved_optuna_storage), study_name=name, direction="maximize"
     )
     space = exp.search_space
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={
-                "lr": 1e-3,
-                "batch_size": 32,
-                "width": 16,
-                "dropout": 0.1,
-                "weight_decay": 1e-5,
-            },
-            distributions={
-                "lr": FloatDistribution(space["lr"].low, space["lr"].high, log=True),
-                "batch_size": CategoricalDistribution(space["batch_size"].choices),
-                "width": CategoricalDistribution(space["width"].choices),
-                "dropout": FloatDistribution(space["dropout"].low, space["dropout"].high),
-                "weight_decay": FloatDistribution(space["weight_decay"].low, space["weight_decay"].high, log=True),
-            },
-            value=1.0,
-            intermediate_values={0: 1.0, 1: 1.0},
+    for _ in range(2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={
+                    "lr": 1e-3,
+                    "batch_size": 32,
+                    "width": 16,
+                    "dropout": 0.1,
+                    "weight_decay": 1e-5,
+                },
+                distributions={
+                    "lr": FloatDistribution(space["lr"].low, space["lr"].high, log=True),
+                    "batch_size": CategoricalDistribution(space["batch_size"].choices),
+                    "width": CategoricalDistribution(space["width"].choices),
+                    "dropout": FloatDistribution(space["dropout"].low, space["dropout"].high),
+                    "weight_decay": FloatDistribution(space["weight_decay"].low, space["weight_decay"].high, log=True),
+                },
+                value=1.0,
+                intermediate_values={0: 1.0, 1: 1.0},
+            )
         )
-    )
     result = run_sweep(
         "fume_hood",
         params,
@@ -95,7 +98,7 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
     study = optuna.load_study(study_name=name, storage=make_storage(settings.resolved_optuna_storage))
     trials = study.get_trials()
     numbers = [t.number for t in trials]
-    assert len(numbers) == len(set(numbers)) == 3
+    assert len(numbers) == len(set(numbers)) == 5
     pids = {t.user_attrs.get("worker_pid") for t in trials if t.user_attrs.get("worker_pid")}
     assert len(pids) == 2, "both worker processes ran trials"
 
@@ -108,7 +111,7 @@ def test_two_workers_share_a_study_with_a_pruned_trial_and_child_runs(sweep_setu
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         output_format="list",
     )
-    assert len(children) == 2
+    assert len(children) == 3
     assert {c.data.tags["optuna.state"] for c in children} <= {"PRUNED", "COMPLETE"}
     assert "PRUNED" in {c.data.tags["optuna.state"] for c in children}
     assert all(c.info.status == "FINISHED" for c in children)
