@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -267,12 +268,13 @@ def test_worker_pod_command_and_environment_run_for_real(cluster, project, mlflo
     }, "artifacts went through the server's proxy"
 
 
-def test_sweep_survives_workers_killed_mid_trial(cluster, project, mlflow_server, tmp_path):
+def test_sweep_survives_workers_killed_mid_trial(cluster, project, mlflow_server, tmp_path, monkeypatch):
     """Two worker processes; three times a worker is SIGKILLed in the middle of a trial.
 
     A supervisor here plays the Job controller: it replaces a killed worker (same index, failure count
     + 1). Heartbeats are shortened (1 s, stale after 3 s; the Job's defaults are 60 s / 180 s) so the
-    test runs in about a minute.
+    test runs in about a minute. The study that results is the one an uninterrupted single worker makes:
+    each retried trial resumed from its checkpoint and recomputed the same values.
     """
     import mlflow
     import optuna
@@ -375,10 +377,23 @@ def test_sweep_survives_workers_killed_mid_trial(cluster, project, mlflow_server
     mlflow.start_run(run_id=plan.job.parent_run_id)
     result = summarize_study(study, exp, plan.arm, plan.job.parent_run_id)
     mlflow.end_run("FINISHED")
-    assert (result.n_complete, result.n_failed) == (n_trials, len(failed))
+    assert (result.n_complete, result.n_failed) == (n_trials, 0)  # every killed trial was retried to the end
     running = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.`mlops.sweep_id` = '{plan.study_name}' AND attributes.status = 'RUNNING'",
         output_format="list",
     )
     assert running == [], "no MLflow run left RUNNING"
+
+    # The same job, uninterrupted, by one worker on a journal file (no tracking): the same study.
+    from mlops.tuning.generations import logical_table
+    from mlops.tuning.sweep import SweepJob, worker_main
+    from mlops.tuning.worker import JOB_ENV
+
+    alone = tmp_path / "alone.journal"
+    monkeypatch.chdir(workdir)  # the job's paths are relative to the pod's working directory
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "alone-home"))
+    pod_job = SweepJob(**json.loads(env(worker, 0, 0)[JOB_ENV]))  # what the pods ran, paths as they saw them
+    worker_main(dataclasses.replace(pod_job, storage_url=f"journal:{alone}", track=False), 0)
+    uninterrupted = optuna.load_study(study_name=plan.study_name, storage=make_storage(f"journal:{alone}"))
+    assert logical_table(uninterrupted.get_trials()) == logical_table(study.get_trials())
