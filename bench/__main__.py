@@ -16,9 +16,10 @@ BENCHMARKS = {
     "pruning": "4. the same sampler and budget with and without the pruner",
     "workers": "5. 1 vs 2 local sweep workers: trials per hour",
     "pipeline": "6. `dvc repro` no-op and after one augmentation change, vs the full repro",
+    "determinism": "7. generation-synchronous vs free-running sweeps; deterministic vs default final fit",
     "main": "6b. the whole main command (./run.sh) in a fresh clone: 20-30 min, not part of `all`",
 }
-ALL = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline")
+ALL = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "determinism")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,12 +85,17 @@ def main(argv: list[str] | None = None) -> None:
             from bench import serving
 
             section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
-        elif name in ("tracking", "pruning", "workers"):
+        elif name in ("tracking", "pruning", "workers", "determinism"):
             from bench import sweeps
 
             if sweep_data is None:
                 sweep_data = sweeps.sweep_data(Path(tempfile.mkdtemp(prefix="mlops-bench-sweeps-")), args.quick)
-            section = getattr(sweeps, f"bench_{name}")(args.quick, sweep_data)
+            if name == "determinism":
+                from bench.determinism import bench_determinism
+
+                section = bench_determinism(args.quick, sweep_data)
+            else:
+                section = getattr(sweeps, f"bench_{name}")(args.quick, sweep_data)
         elif name == "pipeline":
             from bench.pipeline import bench_pipeline
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-ORDER = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main")
+ORDER = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main", "determinism")
 
 INTRO = """# Benchmarks
 

@@ -6,9 +6,11 @@ that launched it:
 - ``MLOPS_SWEEP_JOB``: the :class:`~mlops.tuning.sweep.SweepJob` as JSON (study, arm, paths relative
   to the working directory, MLflow parent run, lineage tags); it carries no credentials;
 - ``MLOPS_OPTUNA_STORAGE``: the shared study database (from the Secret);
-- ``JOB_COMPLETION_INDEX``: set by Kubernetes in an Indexed Job; it seeds this worker's sampler;
+- ``JOB_COMPLETION_INDEX``: set by Kubernetes in an Indexed Job; with ``generation_size: 0`` (free-running)
+  it seeds this worker's sampler. In generations (the default) a trial's sampler is seeded by the study
+  seed and the trial's logical number, so which pod runs which trial changes nothing;
 - ``MLOPS_INDEX_FAILURES``: how often this index failed before (a pod annotation the Job controller
-  keeps), so a replacement pod draws new samples rather than repeating its predecessor's.
+  keeps), so a free-running replacement pod draws new samples rather than repeating its predecessor's.
 
 Exit codes: 0 the budget is spent; 1 a failure worth retrying (the Job starts a new pod for the
 index); :data:`NON_RETRIABLE_EXIT` a failure no retry can fix (bad config, missing data), which the
