@@ -37,6 +37,7 @@ def friendly(fn):
         from mlops.config import ConfigError
         from mlops.members.keys import AuthError
         from mlops.registry.history import PromotionConflict
+        from mlops.registry.reproduce import CannotReproduce
         from mlops.registry.versions import PromotionError
         from mlops.tasks import UnknownTaskError
         from mlops.validation import ValidationFailed
@@ -49,6 +50,7 @@ def friendly(fn):
             ValidationFailed,
             PromotionError,
             PromotionConflict,
+            CannotReproduce,
             UnknownTaskError,
             FileNotFoundError,
             ConnectionError,
@@ -503,6 +505,40 @@ def registry_verify() -> None:
             console.print(f"[bold red]TAMPERED/INCONSISTENT:[/] {p}")
         raise typer.Exit(1)
     console.print("alias history intact and consistent with the registry")
+
+
+@registry_app.command("reproduce")
+@friendly
+def registry_reproduce(
+    task: str,
+    version: Annotated[str, typer.Argument(help="version number or alias (e.g. champion)")],
+    actor: Annotated[str | None, typer.Option(help="who asks (recorded in the history; default user@host)")] = None,
+) -> None:
+    """Rebuild VERSION from its lineage alone (commit, data version) and compare its weights with the registered ones.
+
+    Runs `dvc repro train@TASK` in a temporary git worktree of the lineage's commit with a fresh MLOPS_HOME, tags the
+    outcome on the version and appends it to the release history. Exit 0: same weights; 1: different weights;
+    2: it cannot be done (dirty or unknown commit, data version nowhere, no weights digest); 3: the rebuild failed.
+    """
+    import time
+
+    from mlops.registry.reproduce import RebuildFailed, reproduce
+
+    started = time.monotonic()
+    with console.status(f"reproducing {task} {version}") as spinner:
+
+        def progress(step: str) -> None:
+            console.print(f"  [{time.monotonic() - started:5.0f} s] {step}")
+            spinner.update(f"reproducing {task} {version}: {step}")
+
+        try:
+            outcome = reproduce(task, version, _settings(), Path("."), actor, progress)
+        except RebuildFailed as exc:
+            console.print(f"[bold red]rebuild failed:[/] {exc}")
+            raise typer.Exit(3) from None
+    sys.stdout.write(outcome.summary() + "\n")
+    if not outcome.match:
+        raise typer.Exit(1)
 
 
 @registry_app.command("card")

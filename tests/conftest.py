@@ -55,7 +55,12 @@ def pg_database(prefix: str = "mlops_test") -> Iterator[str]:
 
 
 #: Modules whose tests use the session's tiny pipeline (`pipeline_repo`): one xdist worker runs them all.
-PIPELINE_REPO_MODULES = ("tests/test_pipeline.py", "tests/test_repeats.py", "tests/test_serving.py")
+PIPELINE_REPO_MODULES = (
+    "tests/test_pipeline.py",
+    "tests/test_registry_reproduce.py",
+    "tests/test_repeats.py",
+    "tests/test_serving.py",
+)
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -3,6 +3,8 @@
 Each task has its own chain: event ``seq`` n stores the hash of event n-1, and its own hash covers every
 field, so an edited row breaks its hash, and a deleted row breaks the next row's link (a deleted last
 row shows as a mismatch between the chain and the registry's alias, which ``verify`` also checks).
+The chain also holds ``reproduce`` events (`mlops registry reproduce`: a version rebuilt from its lineage, the
+outcome in ``gates``); they move no alias, and rollback and ``verify`` replay only the moves.
 
 Promotions of one task are serialised by a per-task lock row taken with NOWAIT semantics: a second
 promotion while one is in flight fails at once with ``PromotionConflict`` instead of interleaving.
@@ -61,7 +63,7 @@ class AliasEvent:
     task: str
     seq: int
     alias: str
-    action: str  # promote | force | rollback
+    action: str  # promote | force | rollback (alias moves); reproduce (alias "", a rebuild's outcome in gates)
     from_version: str | None
     to_version: str
     actor: str

@@ -168,11 +168,15 @@ def promote(
     )
 
 
+#: Events that move an alias; others in the chain (``reproduce``) are records about a version and move nothing.
+MOVES = ("promote", "force", "rollback")
+
+
 def champion_stack(events: list[AliasEvent]) -> list[str]:
     """Champions in order, replaying promotions (push) and rollbacks (pop)."""
     stack: list[str] = []
     for e in events:
-        if e.alias != CHAMPION:
+        if e.alias != CHAMPION or e.action not in MOVES:
             continue
         if e.action == "rollback":
             stack.pop()

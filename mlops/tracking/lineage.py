@@ -27,9 +27,15 @@ def git_commit() -> str:
     return _git("rev-parse", "HEAD") or "unknown"
 
 
+#: tracked files whose changes do not make a run "dirty" (see git_dirty)
+DIRTY_EXEMPT = ("dvc.lock", "data.dvc")
+
+
 def git_dirty() -> bool:
-    """Tracked source files differ from the commit (dvc.lock, rewritten by every repro, does not count)."""
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")
+    """Tracked source files differ from the commit (dvc.lock, rewritten by every repro, does not count; nor does
+    data.dvc, which run.sh re-records before training on new data: the data version is its own tag, data.raw_md5,
+    and `registry reproduce` checks that version out whatever the commit's data.dvc says)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in DIRTY_EXEMPT))
     return bool(status)
 
 
