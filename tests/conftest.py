@@ -233,13 +233,14 @@ def copy_repo(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-@pytest.fixture(scope="session")
-def pipeline_repo(tmp_path_factory) -> dict:
-    """A temporary copy of the repo on tiny params after `simulate` + `dvc repro` (run once per session)."""
-    repo = tmp_path_factory.mktemp("repo")
+def tiny_repo(repo: Path, params: dict | None = None, experiments: dict[str, dict] | None = None) -> dict[str, str]:
+    """A copy of the repo in ``repo`` on tiny params, committed to its own git, its data simulated and added to
+    DVC: ready for `dvc repro`. ``params`` default to :func:`tiny_params`, ``experiments`` (task -> experiment
+    file) to fume_hood's :func:`tiny_experiment`. Returns the environment to run its commands in (own MLOPS_HOME)."""
     copy_repo(repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    (repo / "experiments" / "fume_hood.yaml").write_text(yaml.safe_dump(tiny_experiment(), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    for task, exp in (experiments or {"fume_hood": tiny_experiment()}).items():
+        (repo / "experiments" / f"{task}.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     env = env_for(repo / ".mlops")
     run(["git", "init", "-q"], repo, env)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo, env)
@@ -247,6 +248,14 @@ def pipeline_repo(tmp_path_factory) -> dict:
     run(["mlops", "data", "simulate", "--out", "data/raw"], repo, env)
     (repo / "data.dvc").write_text("outs:\n- path: data/raw\n")
     run(["dvc", "commit", "-f", "-q", "data.dvc"], repo, env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory) -> dict:
+    """A temporary copy of the repo on tiny params after `simulate` + `dvc repro` (run once per session)."""
+    repo = tmp_path_factory.mktemp("repo")
+    env = tiny_repo(repo)
     first = run(["dvc", "repro"], repo, env)
     second = run(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "home": repo / ".mlops", "first": first, "second": second}
@@ -397,9 +406,10 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     So that a test of a model swap can tell the versions apart by their answers, not only by their names.
     The same path as the pipeline's train -> evaluate -> register stages: the champion's weights and spec
     from the registry, every float parameter plus ``scale`` x (its std + 0.01) x N(0, 1) noise drawn from
-    ``seed``, the task's calibration, a real MLflow run carrying the champion run's lineage tags with the
-    model logged as the project's pyfunc (``log_pyfunc``), the evaluate stage's ``evaluate_model`` for its
-    metrics, then ``register_model`` (gates, ``challenger`` if they hold, model card).
+    ``seed``, the task's calibration, a real MLflow run carrying the champion run's lineage tags and the new
+    weights' digest (``WEIGHTS_TAG``, how the stages find a model's run) with the model logged as the project's
+    pyfunc (``log_pyfunc``), the evaluate stage's ``evaluate_model`` for its metrics, then ``register_model``
+    (gates, ``challenger`` if they hold, model card).
     Returns the new MLflow ModelVersion.
     """
     import json
@@ -415,8 +425,8 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     from mlops.tracking.log_model import log_pyfunc
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.evaluate import evaluate_model
-    from mlops.training.final import RUN_FILE, SELECTED_FILE
-    from mlops.training.model_files import load_model_dir, save_model_dir
+    from mlops.training.final import SELECTED_FILE
+    from mlops.training.model_files import WEIGHTS_TAG, load_model_dir, save_model_dir, weights_digest
 
     settings = Settings(home=Path(env["MLOPS_HOME"]), _env_file=None)
     connect(settings)
@@ -444,13 +454,15 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     (models / SELECTED_FILE).write_text(json.dumps({"arm": arm}))
 
     tags = {k: v for k, v in client.get_run(source.run_id).data.tags.items() if k.startswith(TAG)}
-    tags |= {f"{TAG}run_kind": "train", "tests.altered_from": f"v{source.version} seed={seed} scale={scale}"}
+    tags |= {
+        f"{TAG}run_kind": "train",
+        WEIGHTS_TAG: weights_digest(models / arm),  # how evaluate and register find this run (train_run_for)
+        "tests.altered_from": f"v{source.version} seed={seed} scale={scale}",
+    }
     with mlflow.start_run(
         experiment_id=experiment_id(settings, task), run_name=f"altered-v{source.version}-seed{seed}", tags=tags
-    ) as run:
-        info = log_pyfunc(models / arm, t.example_input(prepared))
-    record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task, "arm": arm, "tags": tags}
-    (models / arm / RUN_FILE).write_text(json.dumps(record))
+    ):
+        log_pyfunc(models / arm, t.example_input(prepared))
     # The evaluate stage's own code: test-split metrics into metrics.json and onto the run.
     evaluate_model(
         task, params, settings, models, prepared, work / "evaluation", work / "tables", work / "metrics.json"

@@ -62,7 +62,7 @@ def prepare_champion(name: str, root: Path, params, settings) -> dict[str, Any]:
 
     from mlops.registry.release import promote
     from mlops.registry.versions import register_model
-    from mlops.training.final import RUN_FILE, selected_arm_dir, train_best
+    from mlops.training.final import selected_arm_dir, train_best, train_run_for
     from mlops.validation import validate_dataset
 
     task, tp, seed = get_task(name), params.task(name), params.base.seed
@@ -82,7 +82,7 @@ def prepare_champion(name: str, root: Path, params, settings) -> dict[str, Any]:
     train_best(name, params, exp, settings, best, prepared, raw, reports / "validation.json", models, reports / "hist")
 
     # The register stage reads the evaluate stage's metrics; here the train run's (validation) metrics stand in.
-    run_id = json.loads((selected_arm_dir(models) / RUN_FILE).read_text())["run_id"]
+    run_id = train_run_for(selected_arm_dir(models), name).info.run_id
     metrics = MlflowClient().get_run(run_id).data.metrics
     (reports / "metrics.json").write_text(json.dumps(metrics))
     registration = register_model(name, params, settings, models, reports / "metrics.json", reports / "reg.json")

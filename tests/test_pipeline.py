@@ -38,6 +38,7 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     from mlops.settings import Settings
     from mlops.tracking.lineage import dvc_hash
     from mlops.tracking.runs import connect
+    from mlops.training.model_files import WEIGHTS_TAG, weights_digest
 
     monkeypatch.setenv("MLOPS_HOME", str(pipeline_repo["home"]))
     monkeypatch.chdir(pipeline_repo["repo"])
@@ -54,22 +55,33 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     assert all(t.data.tags["mlflow.parentRunId"] == sweeps[t.data.tags["mlops.arm"]] for t in trials)
     assert all(r.info.status == "FINISHED" for r in runs)
 
-    registration = json.loads((pipeline_repo["repo"] / "reports/fume_hood/registration.json").read_text())
+    repo = pipeline_repo["repo"]
+    registration = json.loads((repo / "reports/fume_hood/registration.json").read_text())
     assert registration["challenger"] is True and registration["gate_failures"] == []
-    version = client.get_model_version("fume_hood", registration["version"])
-    assert version.run_id == registration["run_id"]
+    # The file holds results only; the version is found by the digest of the registered weights.
+    assert "version" not in registration and "run_id" not in registration
+    selected = json.loads((repo / "models/fume_hood/selected.json").read_text())["arm"]
+    assert registration["arm"] == selected
+    assert registration["weights_sha256"] == weights_digest(repo / "models/fume_hood" / selected)
+    found = client.search_model_versions("name='fume_hood'")
+    version = max(
+        (v for v in found if v.tags.get(WEIGHTS_TAG) == registration["weights_sha256"]), key=lambda v: int(v.version)
+    )
+    assert version.run_id == version.tags["mlops.run_id"]
     if len(client.search_model_versions("name='fume_hood'")) == 1:  # nothing registered since: the alias is there
         assert client.get_model_version_by_alias("fume_hood", "challenger").version == version.version
     train = next(
         r for r in runs if r.data.tags["mlops.run_kind"] == "train" and r.info.run_id == version.tags["mlops.run_id"]
     )
     assert train.data.tags["mlops.arm"] == version.tags["mlops.arm"]
+    assert train.data.tags[WEIGHTS_TAG] == registration["weights_sha256"]
     tags = train.data.tags
     assert len(tags["mlops.git_commit"]) == 40
     assert tags["mlops.git_dirty"] in ("true", "false")
     assert tags["mlops.data.raw_md5"] == dvc_hash("data/raw/fume_hood") != "untracked"
     assert tags["mlops.data.prepared_md5"] == dvc_hash("data/prepared/fume_hood") != "untracked"
     assert tags["mlops.validation.success"] == "true"
+    assert tags["mlops.validation.at"].startswith("20")  # from the validation history (validation.json has no time)
     assert len(tags["mlops.params_hash"]) == 16
     assert "test_accuracy" in train.data.metrics
     inputs = train.inputs.dataset_inputs

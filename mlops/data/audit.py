@@ -35,7 +35,7 @@ from mlops.data.versions import (
     tracking,
 )
 from mlops.validation.profile import label_distribution
-from mlops.validation.records import DOCS, record_of, samples_of, version_dir
+from mlops.validation.records import DOCS, record_of, samples_of, validated_at, version_dir
 
 # Stage names of dvc.yaml whose (resolved) entries in dvc.lock say where a task's data and reports are.
 VALIDATE_STAGE, PREPARE_STAGE = "validate", "prepare"
@@ -223,7 +223,11 @@ def describe_versions(
                     page.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(report.docs, page)
                     entry["profile"] = report.profile
-                    now = {**_verdict(asdict(report)), "source": "validated by this audit with today's suite"}
+                    now = {
+                        **_verdict(asdict(report)),
+                        "validated_at": validated_at(report),
+                        "source": "validated by this audit with today's suite",
+                    }
                     entry.setdefault("validation", now)
                     entry["docs"] = entry.get("docs") or str(page)
         entry.setdefault("validation", None)

@@ -10,7 +10,8 @@ from mlops.config import Params
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG
 from mlops.tracking.runs import connect
-from mlops.training.final import RUN_FILE, selected_arm_dir
+from mlops.training.final import run_model_uri, selected_arm_dir, train_run_for
+from mlops.training.model_files import WEIGHTS_TAG
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -27,6 +28,13 @@ class Registration:
     challenger: bool
     gate_failures: list[str]
     metrics: dict[str, float | None]
+    arm: str = ""
+    weights_sha256: str = ""
+
+    def to_json(self) -> dict:
+        """What the register stage writes (a DVC out): the result only, not the registry version or run id,
+        which differ on every run and live in MLflow (the version is found by its ``WEIGHTS_TAG``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("version", "run_id")}
 
 
 def client():
@@ -44,17 +52,22 @@ def version_metrics(mv) -> dict[str, float]:
 def register_model(
     task: str, params: Params, settings: Settings, model_dir: Path, metrics_path: Path, out_path: Path
 ) -> Registration:
-    """New registry version; alias ``challenger`` when the test metrics meet the task's gates."""
+    """New registry version of the selected arm's train run (found by its weights, ``train_run_for``), carrying
+    that run's lineage tags; alias ``challenger`` when the test metrics meet the task's gates."""
     import mlflow
 
     connect(settings)
-    record = json.loads((selected_arm_dir(model_dir) / RUN_FILE).read_text())
+    arm_dir = selected_arm_dir(model_dir)
+    run = train_run_for(arm_dir, task)
+    digest = run.data.tags[WEIGHTS_TAG]
     metrics = {k: v for k, v in json.loads(metrics_path.read_text()).items() if isinstance(v, int | float) or v is None}
     failures = params.task(task).gates.failures(metrics)
-    version = mlflow.register_model(record["model_uri"], task, tags=record["tags"])
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith(TAG)} | {WEIGHTS_TAG: digest}
+    version = mlflow.register_model(run_model_uri(run), task, tags=tags)
+    run_id = run.info.run_id
     c = client()
-    c.set_model_version_tag(task, version.version, f"{TAG}run_id", record["run_id"])
-    c.set_model_version_tag(task, version.version, f"{TAG}arm", record["arm"])
+    c.set_model_version_tag(task, version.version, f"{TAG}run_id", run_id)
+    c.set_model_version_tag(task, version.version, f"{TAG}arm", arm_dir.name)
     c.set_model_version_tag(task, version.version, f"{TAG}gates", "passed" if not failures else "; ".join(failures))
     for name, value in metrics.items():
         if value is not None:
@@ -63,10 +76,10 @@ def register_model(
         c.set_registered_model_alias(task, CHALLENGER, version.version)
     from mlops.registry.cards import model_card
 
-    c.log_text(record["run_id"], model_card(task, str(version.version), params), "model_card.md")
-    result = Registration(task, str(version.version), record["run_id"], not failures, failures, metrics)
+    c.log_text(run_id, model_card(task, str(version.version), params), "model_card.md")
+    result = Registration(task, str(version.version), run_id, not failures, failures, metrics, arm_dir.name, digest)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(asdict(result), indent=2, sort_keys=True))
+    out_path.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
     return result
 
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from mlops.validation import ValidationReport
+from mlops.validation.records import validated_at
 
 TAG = "mlops."  # every lineage tag starts with this prefix
 
@@ -72,7 +73,8 @@ def lineage_tags(
         f"{TAG}params_hash": params_digest,
         f"{TAG}validation.success": str(report.success).lower(),
         f"{TAG}validation.report": str(validation_report),
-        f"{TAG}validation.at": report.validated_at,
+        # When this data version was validated (its history record; the report itself holds no time).
+        f"{TAG}validation.at": validated_at(report) or "unknown",
         # The Data Docs page of the result this run trained on (kept per data version).
         f"{TAG}validation.docs": report.docs or "",
     }

@@ -17,7 +17,7 @@ from mlops.config import Params
 from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.tracking.runs import connect
-from mlops.training.final import RUN_FILE, arm_dirs, selected_arm_dir
+from mlops.training.final import arm_dirs, selected_arm_dir, train_run_for
 from mlops.training.model_files import load_model_dir
 
 
@@ -46,6 +46,8 @@ def evaluate_model(
     per_arm: dict[str, dict[str, float | None]] = {}
     arm_tables: dict[str, dict[str, pd.DataFrame]] = {}
     connect(settings)
+    # Each arm's MLflow train run, found by its weights (before any work: a missing run fails fast).
+    run_ids = {arm: train_run_for(arm_dir, task_name).info.run_id for arm, arm_dir in arm_dirs(model_dir).items()}
     for arm, arm_dir in arm_dirs(model_dir).items():
         model, _ = load_model_dir(arm_dir)
         arm_out = out_dir / arm
@@ -54,7 +56,7 @@ def evaluate_model(
         arm_tables[arm] = evaluation.tables
         for name, table in evaluation.tables.items():
             table.to_csv(tables_dir / f"{name}-{arm}.csv", index=False)
-        with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
+        with mlflow.start_run(run_id=run_ids[arm]):
             mlflow.log_metrics({k: v for k, v in per_arm[arm].items() if v is not None})
             for path in evaluation.images.values():
                 mlflow.log_artifact(str(path), "evaluation")
@@ -68,8 +70,8 @@ def evaluate_model(
     metrics = {**per_arm[selected], "selected_arm": selected, "arms": per_arm}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    for arm_dir in arm_dirs(model_dir).values():  # every run carries the whole comparison
-        with mlflow.start_run(run_id=json.loads((arm_dir / RUN_FILE).read_text())["run_id"]):
+    for run_id in run_ids.values():  # every run carries the whole comparison
+        with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(tables_dir / "comparison.csv"), "evaluation")
             for path in figures.values():
                 mlflow.log_artifact(str(path), "evaluation/comparison")

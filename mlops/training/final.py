@@ -1,7 +1,9 @@
 """The train stage: fit each arm's best configuration on the full budget and log it to MLflow.
 
-Output layout (``out_dir`` comes from dvc.yaml): ``<arm>/weights.pt``, ``<arm>/spec.json``,
-``<arm>/run.json`` per arm, and ``selected.json`` naming the arm the sweep selected on validation.
+Output layout (``out_dir`` comes from dvc.yaml): ``<arm>/weights.pt`` and ``<arm>/spec.json`` per arm, and
+``selected.json`` naming the arm the sweep selected on validation. Nothing there says when or where it was trained:
+the MLflow run that trained an arm carries the digest of its weights (``WEIGHTS_TAG``), and :func:`train_run_for`
+finds that run again from the weights (what evaluate and register do).
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from mlops.tracking.lineage import TAG, lineage_tags
 from mlops.tracking.log_model import log_pyfunc
 from mlops.tracking.runs import connect, experiment_id, log_dataset
 from mlops.training.loop import FitConfig, fit, seed_everything
-from mlops.training.model_files import save_model_dir
+from mlops.training.model_files import SPEC, WEIGHTS_TAG, save_model_dir, weights_digest
 from mlops.tuning.space import monitored_metric
 from mlops.tuning.sweep import read_sweeps
 
-RUN_FILE = "run.json"
 SELECTED_FILE = "selected.json"
 
 
@@ -38,7 +39,53 @@ def selected_arm_dir(model_dir: Path) -> Path:
 
 
 def arm_dirs(model_dir: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(model_dir.iterdir()) if (p / RUN_FILE).is_file()}
+    """Every trained arm under ``model_dir`` (a folder with a ``spec.json``), by name."""
+    return {p.name: p for p in sorted(model_dir.iterdir()) if (p / SPEC).is_file()}
+
+
+class TrainRunMissing(FileNotFoundError):
+    """No MLflow train run in the tracking store produced these weights."""
+
+
+def train_run_for(arm_dir: Path, task: str):
+    """The newest finished MLflow train run of ``task``/<arm> whose weights digest equals ``arm_dir``'s.
+
+    Uses the tracking store this process is connected to (``connect``). Raises :class:`TrainRunMissing` with
+    what to do when there is none (weights trained against another store, or copied without their run).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    digest = weights_digest(arm_dir)
+    arm = arm_dir.name
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(task)
+    runs = []
+    if experiment is not None:
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.`{WEIGHTS_TAG}` = '{digest}' and tags.`{TAG}run_kind` = 'train' "
+                f"and tags.`{TAG}arm` = '{arm}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not runs:
+        raise TrainRunMissing(
+            f"no finished MLflow train run of {task}/{arm} has these weights ({arm_dir}, {WEIGHTS_TAG}="
+            f"{digest[:12]}...) in the tracking store {mlflow.get_tracking_uri()}: run `mlops train {task}` again "
+            f"(`dvc repro -f train@{task}`), or point MLOPS_TRACKING_URI at the store that trained them"
+        )
+    return runs[0]
+
+
+def run_model_uri(run) -> str:
+    """``models:/<id>`` of the model a run logged (the last one, by step, if it logged several)."""
+    outputs = run.outputs.model_outputs if run.outputs is not None else []
+    if not outputs:
+        raise TrainRunMissing(f"MLflow run {run.info.run_id} logged no model: run `mlops train` again")
+    return f"models:/{max(outputs, key=lambda o: o.step).model_id}"
 
 
 def train_best(
@@ -53,7 +100,7 @@ def train_best(
     out_dir: Path,
     history_dir: Path,
 ) -> dict[str, dict]:
-    """Train every arm; return run info per arm."""
+    """Train every arm; return run info per arm (run id, model URI, weights digest: printed, not written)."""
     sweeps = read_sweeps(best_path)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -143,10 +190,10 @@ def _train_arm(
         arm_dir = out_dir / arm
         save_model_dir(arm_dir, model, spec)
         info = log_pyfunc(arm_dir, task.example_input(prepared_dir))
+        digest = weights_digest(arm_dir)
+        mlflow.set_tag(WEIGHTS_TAG, digest)  # how evaluate and register find this run (train_run_for)
         history_dir.mkdir(parents=True, exist_ok=True)
         history_csv = history_dir / f"{arm}.csv"
         pd.DataFrame(result.history).to_csv(history_csv, index=False)
         mlflow.log_artifact(str(history_csv), "history")
-        record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task_name, "arm": arm, "tags": tags}
-        (arm_dir / RUN_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-    return record
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "task": task_name, "arm": arm, "weights": digest}

@@ -1,6 +1,7 @@
 """Validation results kept per data version, each rendered as a Great Expectations Data Docs page.
 
-``<history>/<version>/`` holds ``report.json`` (our readable report with the profile), ``gx_result.json``
+``<history>/<version>/`` holds ``report.json`` (our readable report with the profile, plus ``validated_at``: the
+time, which the validate stage's own report does not hold so that it depends on the data only), ``gx_result.json``
 (GX's own validation result), ``samples.json`` (sample id -> content hash, for sample-level diffs) and
 ``data_docs.html`` (the result rendered by GX's Data Docs page renderer). ``<history>/index.html`` lists
 every version. The latest record with a passing result is the "accepted" baseline the next version's
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ def save_record(history: Path, report: Any, gx_result: dict, samples: dict[str, 
     (folder / GX_RESULT).write_text(json.dumps(gx_result, indent=1, default=str))
     (folder / SAMPLES).write_text(json.dumps(samples, indent=0, sort_keys=True))
     page.write_text(render_data_docs(gx_result))
-    report.write(folder / REPORT)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    (folder / REPORT).write_text(json.dumps({**asdict(report), "validated_at": now}, indent=2, default=str))
     write_index(history)
     return page
 
@@ -71,6 +75,18 @@ def latest_accepted(history: Path, task: str, other_than: str | None) -> dict | 
 def record_of(history: Path, version: str) -> dict | None:
     path = version_dir(history, version) / REPORT
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def validated_at(report: Any) -> str | None:
+    """When ``report``'s data version was last validated: from the history record beside its Data Docs page
+    (None when it was validated without a history folder, or the record is gone)."""
+    if not report.docs:
+        return None
+    path = Path(report.docs).parent / REPORT
+    try:
+        return json.loads(path.read_text()).get("validated_at")
+    except (OSError, ValueError):
+        return None
 
 
 def samples_of(history: Path, version: str) -> dict[str, str] | None:

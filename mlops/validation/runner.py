@@ -9,8 +9,7 @@ version's and keeps its result per data version with a Data Docs page (``records
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +50,15 @@ class Failure:
 
 @dataclass
 class ValidationReport:
+    """The validate stage's result (a DVC out): what the data is and how it fared, never when or where it was
+    checked. The time a version was validated is kept in its history record (``records.py``)."""
+
     task: str
     raw_dir: str
     success: bool
     evaluated: int
     failed: int
     n_samples: int
-    validated_at: str
     failures: list[Failure] = field(default_factory=list)
     #: DVC md5 of the validated folder (the version dvc.lock records for it)
     data_version: str | None = None
@@ -88,7 +89,8 @@ class ValidationReport:
             raise FileNotFoundError(f"{path} is missing: run `mlops data validate` (the validate stage) first")
         data = json.loads(Path(path).read_text())
         data["failures"] = [Failure(**f) for f in data.get("failures", [])]
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a history record (or an older report) holds more: validated_at
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _quiet_context():
@@ -108,16 +110,15 @@ def validate_dataset(task: Task, raw_dir: Path, params: Any, history: Path | Non
     """
     from mlops.data.versions import folder_md5
 
-    now = datetime.now(UTC).isoformat(timespec="seconds")
     if not raw_dir.is_dir():
         failure = Failure(f"dataset folder exists ({raw_dir})", None, None, [], [])
-        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, now, [failure])
+        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, [failure])
     version = folder_md5(raw_dir)
     try:
         manifest = task.manifest(raw_dir)
     except ValueError as exc:
         failure = Failure(str(exc), None, None, [], [])
-        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, now, [failure], data_version=version)
+        return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, [failure], data_version=version)
 
     expectations = list(task.expectations(params))
     baseline = latest_accepted(history, task.name, version) if history is not None else None
@@ -134,7 +135,6 @@ def validate_dataset(task: Task, raw_dir: Path, params: Any, history: Path | Non
         evaluated=int(stats["evaluated_expectations"]),
         failed=int(stats["unsuccessful_expectations"]),
         n_samples=len(manifest),
-        validated_at=now,
         failures=[_failure(r, sample_ids) for r in result.results if not r.success],
         data_version=version,
         profile=profile(manifest),

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+#: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
+PNG_METADATA = {"Software": None}
+
 
 def _figure():
     import matplotlib
@@ -24,7 +27,7 @@ def _short(name: str) -> str:
 
 def _save(fig, plt, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
+PNG_METADATA = {"Software": None}
+
 
 def _figure():
     import matplotlib
@@ -32,7 +35,7 @@ def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, n_levels: int, o
     ax.set_title("fume_hood test split")
     fig.tight_layout()
     path = out_dir / "confusion_matrix.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 
@@ -66,6 +69,6 @@ def gradcam_grid(
     fig.suptitle("Grad-CAM (bright = lowered the rating); cyan = simulator's causes; + = peak", fontsize=9)
     fig.tight_layout()
     path = out_dir / "gradcam_overlays.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path

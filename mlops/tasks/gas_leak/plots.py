@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
+PNG_METADATA = {"Software": None}
+
 
 def _figure():
     import matplotlib
@@ -48,6 +51,6 @@ def overlay_grid(
     fig.suptitle(f"gas_leak {split}, {head} head: {kind}; green x true, red + predicted", fontsize=9)
     fig.tight_layout()
     path = out_dir / f"heatmap_overlays_{split}.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
+PNG_METADATA = {"Software": None}
+
 
 def _figure():
     import matplotlib
@@ -25,7 +28,7 @@ def _save(fig, path: Path | None) -> Path | bytes:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         return buf.getvalue()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 

@@ -9,6 +9,9 @@ import pandas as pd
 
 from mlops.tasks.ttubule.inference import class_overlay
 
+#: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
+PNG_METADATA = {"Software": None}
+
 TTUBULE = 3
 
 
@@ -39,7 +42,7 @@ def threshold_curves(curves: pd.DataFrame, thresholds: dict[int, float], label_m
     fig.suptitle(f"ttubule test split ({label_mode}-label): pooled curves, threshold = mean of per-slice bests")
     fig.tight_layout()
     path = out_dir / "threshold_curves.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 
@@ -80,7 +83,7 @@ def overlays(
             ax.axis("off")
     fig.tight_layout()
     path = out_dir / "overlays.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 
@@ -113,7 +116,7 @@ def instance_slices(
             ax.axis("off")
     fig.tight_layout()
     path = out_dir / "ttubule_instances.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 
@@ -138,6 +141,6 @@ def compare_arms(curves: dict[str, pd.DataFrame], out_dir: Path) -> Path:
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "ttubule_arms.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return path
