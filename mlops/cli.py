@@ -259,8 +259,11 @@ def evaluate(
     """Test-split metrics, plots and explanations of every arm; logged to the training runs and DVC."""
     from mlops.config import load_params
     from mlops.training.evaluate import evaluate_model
+    from mlops.training.loop import deterministic_torch
 
-    values = evaluate_model(task, load_params(params_path), _settings(), model, data, out, tables, metrics)
+    params = load_params(params_path)
+    deterministic_torch(params.base.threads)  # as the final fit: the same numbers on every run
+    values = evaluate_model(task, params, _settings(), model, data, out, tables, metrics)
     console.print_json(json.dumps(values))
 
 

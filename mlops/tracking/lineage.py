@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from mlops.runtime import runtime_tags
 from mlops.validation import ValidationReport
 from mlops.validation.records import validated_at
 
@@ -78,6 +79,7 @@ def lineage_tags(
         # The Data Docs page of the result this run trained on (kept per data version).
         f"{TAG}validation.docs": report.docs or "",
     }
+    tags |= runtime_tags(TAG)  # the CPU and dispatch the numbers came from (mlops/runtime.py)
     if sweep_id:
         tags[f"{TAG}sweep_id"] = sweep_id
     return tags

@@ -165,6 +165,7 @@ def _train_arm(
             monitor=monitor,
             mode=mode,
             patience=tp.train.patience,
+            threads=params.base.threads,
         )
         checkpoint = settings.checkpoint_dir / f"{task_name}-train-{run.info.run_id}.pt"
         with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[metric]}")) as progress:
