@@ -230,12 +230,14 @@ def test_a_re_recorded_data_dvc_does_not_make_a_run_dirty(tmp_path, monkeypatch)
     env = dict(os.environ)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run(["git", "init", "-q"], tmp_path, env)
-    for name in ("data.dvc", "code.py"):
+    (tmp_path / "reports").mkdir()
+    for name in ("data.dvc", "code.py", "reports/metrics.json"):
         (tmp_path / name).write_text("1\n")
-    run([*git, "add", "data.dvc", "code.py"], tmp_path, env)
+    run([*git, "add", "data.dvc", "code.py", "reports/metrics.json"], tmp_path, env)
     run([*git, "commit", "-qm", "x"], tmp_path, env)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data.dvc").write_text("2\n")
+    (tmp_path / "reports/metrics.json").write_text("2\n")  # a pipeline output, rewritten by every repro
     assert git_dirty() is False
     (tmp_path / "code.py").write_text("2\n")
     assert git_dirty() is True

@@ -17,7 +17,7 @@ from mlops.registry.history import EVENTS, PromotionConflict
 from mlops.registry.release import history, promote, rollback, verify
 from mlops.registry.versions import CHAMPION, PromotionError
 from mlops.settings import Settings
-from mlops.tracking.runs import connect
+from mlops.tracking.runs import connect, experiment_id
 from tests.conftest import (
     BIN,
     env_for,
@@ -60,7 +60,8 @@ def _registry(tmp_path):
     params_path = release_params(tmp_path)
 
     def make_version(accuracy=0.7, loss=1.0, valid=True, md5="md5-a") -> str:
-        with mlflow.start_run() as run:
+        # The task's experiment (its artifact root is in MLOPS_HOME); the Default one would write ./mlruns in the cwd.
+        with mlflow.start_run(experiment_id=experiment_id(settings, TASK)) as run:
             mlflow.log_text("weights would be here", "model/readme.txt")
         tags = {
             "mlops.validation.success": str(valid).lower(),

@@ -30,13 +30,16 @@ def git_commit() -> str:
 
 
 #: tracked files whose changes do not make a run "dirty" (see git_dirty)
-DIRTY_EXEMPT = ("dvc.lock", "data.dvc")
+#: what the pipeline itself writes: outputs (reports/, which dvc.lock pins) are not the code a result came from
+DIRTY_EXEMPT = ("dvc.lock", "data.dvc", "reports")
 
 
 def git_dirty() -> bool:
-    """Tracked source files differ from the commit (dvc.lock, rewritten by every repro, does not count; nor does
-    data.dvc, which run.sh re-records before training on new data: the data version is its own tag, data.raw_md5,
-    and `registry reproduce` checks that version out whatever the commit's data.dvc says)."""
+    """Tracked source files differ from the commit.
+
+    dvc.lock and reports/, rewritten by every repro, do not count; nor does data.dvc, which run.sh re-records before
+    training on new data: the data version is its own tag, data.raw_md5, and `registry reproduce` checks that version
+    out whatever the commit's data.dvc says."""
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in DIRTY_EXEMPT))
     return bool(status)
 
