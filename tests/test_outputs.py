@@ -31,13 +31,16 @@ def test_validation_report_holds_no_time_and_its_history_record_does(tiny_raw, t
     monkeypatch.chdir(tmp_path)  # relative paths, as dvc.yaml hands them to the stage
     raw = Path("raw/fume_hood")
     params = load_params(write_params(tmp_path, tiny_params())).task("fume_hood")
-    reports = []
+    reports, kept = [], []
     for name in ("first.json", "second.json"):
         report = validate_dataset(TASK, raw, params, history=Path("history"))
         report.write(tmp_path / name)
         reports.append((tmp_path / name).read_bytes())
+        kept.append({p: p.read_bytes() for p in sorted(Path("history").rglob("*")) if p.is_file()})
         time.sleep(1.1)  # a timestamp (whole seconds) would differ
     assert reports[0] == reports[1]
+    # The same version with the same result: its committed history record (time, GX result, page) is left as it was.
+    assert kept[0] == kept[1] and len(kept[0]) >= 5
     written = json.loads(reports[0])
     assert "validated_at" not in written
     assert not any(isinstance(v, str) and v.startswith("/") for v in written.values()), written

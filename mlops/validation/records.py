@@ -31,6 +31,10 @@ def save_record(history: Path, report: Any, gx_result: dict, samples: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     page = folder / DOCS
     report.docs = str(page)
+    if _same_result(folder, report):
+        # Validated before with this very result: the record (and its time) stays as it was, so a rerun of the
+        # pipeline rewrites nothing here (these records are committed with the results).
+        return page
     (folder / GX_RESULT).write_text(json.dumps(gx_result, indent=1, default=str))
     (folder / SAMPLES).write_text(json.dumps(samples, indent=0, sort_keys=True))
     page.write_text(render_data_docs(gx_result))
@@ -38,6 +42,15 @@ def save_record(history: Path, report: Any, gx_result: dict, samples: dict[str, 
     (folder / REPORT).write_text(json.dumps({**asdict(report), "validated_at": now}, indent=2, default=str))
     write_index(history)
     return page
+
+
+def _same_result(folder: Path, report: Any) -> bool:
+    path = folder / REPORT
+    if not (path.is_file() and (folder / GX_RESULT).is_file() and (folder / DOCS).is_file()):
+        return False
+    kept = json.loads(path.read_text())
+    kept.pop("validated_at", None)
+    return kept == json.loads(json.dumps(asdict(report), default=str))
 
 
 def render_data_docs(gx_result: dict) -> str:
