@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -325,8 +326,17 @@ def _report_checkpointed_epochs(trial: optuna.Trial, this: optuna.trial.FrozenTr
             trial.report(metrics[metric], epoch)
 
 
-def worker_main(job: SweepJob, worker_index: int) -> None:
-    """Entry point of one local worker process (and of a Kubernetes worker pod)."""
+#: seconds a local worker waits at the start line for the others (a worker that died starting does not hold them)
+START_TIMEOUT_S = 300
+
+
+def worker_main(job: SweepJob, worker_index: int, start_line=None) -> None:
+    """Entry point of one local worker process (and of a Kubernetes worker pod).
+
+    ``start_line`` (a ``multiprocessing.Barrier`` of the local workers): no worker takes a trial before all have
+    started, so a worker whose interpreter took longer to start still gets its share of the first generation. It
+    changes who runs what, never the results.
+    """
 
     from mlops.config import load_experiment, load_params
     from mlops.training.loop import deterministic_torch
@@ -341,6 +351,9 @@ def worker_main(job: SweepJob, worker_index: int) -> None:
     exp = load_experiment(job.task, job.experiments_dir)
     study = open_study(job, exp, worker_seed=job.seed * 1000 + worker_index, settings=settings)
     objective = _objective(job, exp, params, settings)
+    if start_line is not None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start_line.wait(timeout=START_TIMEOUT_S)
     _work(study, objective, exp, max_retry(job, settings), heartbeats_enabled(job.storage_url, settings))
 
 
@@ -490,7 +503,8 @@ def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bo
         _fail_stale_trials(study)  # with heartbeats, workers fail (and retry) only trials really dead
 
     context = mp.get_context("spawn")  # fresh interpreters: no forked torch/MLflow state
-    procs = [context.Process(target=worker_main, args=(job, i)) for i in range(workers)]
+    start_line = context.Barrier(workers)
+    procs = [context.Process(target=worker_main, args=(job, i, start_line)) for i in range(workers)]
     for proc in procs:
         proc.start()
     _follow(study, exp, procs, show_progress)
