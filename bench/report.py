@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mlops.runtime import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 ORDER = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main", "determinism")
@@ -38,16 +40,6 @@ def pkg(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "-"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ram_gib() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from pathlib import Path
 
 #: environment variable choosing the dispatch: ``avx2`` (default, pinned) or ``native``
@@ -25,7 +26,9 @@ def pin_dispatch() -> str:
     """Set the pinned variables (an explicit setting in the environment wins); returns the dispatch mode."""
     mode = os.environ.get(DISPATCH_ENV, "avx2")
     if mode not in PINNED:
-        raise ValueError(f"{DISPATCH_ENV} must be one of {sorted(PINNED)}, got {mode!r}")
+        # Runs at `import mlops`: a warning with what to do, not a traceback out of every command.
+        warnings.warn(f"{DISPATCH_ENV}={mode!r} is not one of {sorted(PINNED)}: using avx2", stacklevel=2)
+        mode = os.environ[DISPATCH_ENV] = "avx2"
     for name, value in {**PINNED[mode], **GPU_ENV}.items():
         os.environ.setdefault(name, value)
     return mode

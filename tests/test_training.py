@@ -120,3 +120,22 @@ def test_model_dir_round_trip_without_pickled_objects(prepared, tmp_path):
     # weights are plain tensors: loadable with the safe unpickler
     state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected", "warned"),
+    [("", "avx2", False), ("native", "unset", False), ("avx-9000", "avx2", True)],
+)
+def test_importing_mlops_pins_the_cpu_dispatch_and_a_bad_setting_warns(setting, expected, warned):
+    """`import mlops` pins ATen's dispatch before torch computes; an unknown MLOPS_CPU_DISPATCH warns, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+    env["MLOPS_CPU_DISPATCH"] = setting or "avx2"
+    code = "import os, mlops; print(os.environ.get('ATEN_CPU_CAPABILITY', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+    assert ("is not one of" in done.stderr) == warned

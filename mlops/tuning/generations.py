@@ -92,13 +92,13 @@ class Ledger:
 
     def history(self, number: int, size: int) -> list[FrozenTrial]:
         """What a trial may learn from: outcomes of earlier generations, renumbered, in logical order."""
-        end = number - number % size if size > 0 else None
+        end = number - number % size
         seen = []
         for n in sorted(self.attempts):
-            if end is not None and n >= end:
+            if n >= end:
                 break
             outcome = self.outcome(n)
-            if outcome is None or (end is None and n == number):
+            if outcome is None:
                 continue
             view = copy.copy(outcome)
             view.number = n
@@ -111,11 +111,6 @@ class Ledger:
         if waiting:
             return self.logical[waiting[0].number]
         return self.n_fresh if self.n_fresh < n_trials else None
-
-
-def logical_number(study: optuna.Study, trial: FrozenTrial) -> int:
-    """Logical number of a trial of ``study`` (reads the storage)."""
-    return Ledger.of(study.get_trials(deepcopy=False)).logical[trial.number]
 
 
 class HistoryView:
@@ -157,7 +152,9 @@ class GenerationSampler(optuna.samplers.BaseSampler):
         self._make = make
         self._seed = seed
         self._size = generation_size
-        self._current: tuple[int, int, optuna.samplers.BaseSampler] | None = None  # (trial id, logical, sampler)
+        #: (trial id, its sampler, the study view it samples from): built at a trial's first parameter, kept for the
+        #: rest, so the storage is read once per trial and the sampler's random stream goes on in order
+        self._current: tuple[int, optuna.samplers.BaseSampler, HistoryView, int] | None = None
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return {}
@@ -166,13 +163,12 @@ class GenerationSampler(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial: FrozenTrial, param_name: str, param_distribution) -> Any:
-        ledger = Ledger.of(study.get_trials(deepcopy=False))
-        number = ledger.logical[trial.number]
         if self._current is None or self._current[0] != trial._trial_id:
-            # One sampler per trial, kept for its later parameters: its random stream goes on in order.
-            self._current = (trial._trial_id, number, self._make(trial_seed(self._seed, number)))
-        sampler = self._current[2]
-        view = HistoryView(study, ledger.history(number, self._size))
+            ledger = Ledger.of(study.get_trials(deepcopy=False))
+            number = ledger.logical[trial.number]
+            view = HistoryView(study, ledger.history(number, self._size))
+            self._current = (trial._trial_id, self._make(trial_seed(self._seed, number)), view, number)
+        _, sampler, view, number = self._current
         this = copy.copy(trial)
         this.number = number
         return sampler.sample_independent(view, this, param_name, param_distribution)

@@ -211,8 +211,8 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         exp_id = experiment_id(settings, job.task)
 
     def objective(trial: optuna.Trial) -> float:
-        this = _frozen(trial)
-        ledger = Ledger.of(trial.study.get_trials(deepcopy=False))
+        ledger = Ledger.of(trial.study.get_trials(deepcopy=False))  # one read: this trial's stored state and the rest
+        this = next(t for t in ledger.trials if t.number == trial.number)
         number = ledger.logical[trial.number]
         root = retried_trial_number(this)
         if number >= exp.budget.n_trials:  # two workers raced for the last trial: this one is surplus
@@ -270,12 +270,6 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
             del run
 
     return objective
-
-
-def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-    """The stored state of a running trial (its retry history and inherited intermediate values)."""
-    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return next(t for t in running if t.number == trial.number)
 
 
 def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: int, root: int, logical: int):
