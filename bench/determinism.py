@@ -28,8 +28,8 @@ from pathlib import Path
 import mlops  # pins the dispatch unless MLOPS_CPU_DISPATCH=native
 import torch
 from mlops.tasks import get_task
-from mlops.training import loop
-from mlops.training.model_files import save_model_dir, weights_digest
+from mlops.fit import loop
+from mlops.inference.model_files import save_model_dir, weights_digest
 
 prepared, out, mode, epochs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 if mode == "default":  # torch's defaults: only the thread count is set

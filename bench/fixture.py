@@ -26,7 +26,7 @@ TASKS = ("fume_hood", "fracture")
 
 def tiny_params(tasks: tuple[str, ...] = TASKS) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tasks"] = list(tasks)
+    params["tasks"] = {t: params["tasks"][t] for t in tasks}
     if "fume_hood" in tasks:
         fh = params["fume_hood"]
         fh["simulate"].update(n_photos=40, n_labs=12, width=320, height=240)

@@ -144,15 +144,10 @@ def _sample_image(task: str, folder: Path) -> Path:
 
 def _preprocess(task: str, predictor, data: bytes) -> np.ndarray:
     """The service's own preprocessing of the upload, so MLflow's server gets the same model input."""
-    from mlops.inference.images import decode_image, to_gray_input
+    from mlops.inference.images import decode_image
 
     image = decode_image(data)
-    if task == "fume_hood":
-        gray = to_gray_input(image, predictor.width, predictor.height)
-    else:
-        from mlops.tasks.fracture.inference import square_gray_input
-
-        gray = square_gray_input(image, predictor.size)
+    gray = predictor.preprocess(image)  # the task's own preprocessing (mlops.inference.classify.ImageClassifier)
     return np.ascontiguousarray(gray[None, None], dtype=np.float32)
 
 

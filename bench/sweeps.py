@@ -42,7 +42,7 @@ class SweepData:
 
 def sweep_data(work: Path, quick: bool) -> SweepData:
     """Simulate, validate and prepare fume_hood: the demo params' image and model input sizes, fewer photos."""
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.tasks import get_task
     from mlops.validation import validate_dataset
 
@@ -92,7 +92,7 @@ def sweep(data: SweepData, exp, exp_dir: Path, label: str, workers: int, track: 
     """One sweep of the arm in a fresh store; wall time from start to its result."""
     import optuna
 
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.settings import Settings
     from mlops.tuning.storage import make_storage
     from mlops.tuning.sweep import run_sweep

@@ -81,7 +81,7 @@ def data_simulate(
     """Write simulated datasets in the real-data layout under OUT/<task>/."""
     from rich.progress import Progress
 
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.tasks import get_task
 
     params = load_params(params_path)
@@ -112,7 +112,7 @@ def data_validate(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Run the task's Great Expectations suite; exit 1 with a summary when it fails."""
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.tasks import get_task
     from mlops.validation import validate_dataset
 
@@ -137,7 +137,7 @@ def data_prepare(
     """Split by group and augment the training split (refuses data that failed validation)."""
     import shutil
 
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.tasks import get_task
     from mlops.validation import require_valid
 
@@ -174,7 +174,8 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="kubernetes: print the Jobs, submit nothing")] = False,
 ) -> None:
     """Optuna sweep on local worker processes or Kubernetes Jobs; resumes the same study when rerun."""
-    from mlops.config import load_experiment, load_params
+    from mlops.config import load_experiment
+    from mlops.params import load_params
     from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
@@ -232,7 +233,8 @@ def train(
     experiments: ExperimentsOpt = Path("experiments"),
 ) -> None:
     """Train each arm's best configuration and log it (pyfunc + lineage) to MLflow."""
-    from mlops.config import load_experiment, load_params
+    from mlops.config import load_experiment
+    from mlops.params import load_params
     from mlops.training.final import train_best
     from mlops.validation import require_valid
 
@@ -257,9 +259,9 @@ def evaluate(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Test-split metrics, plots and explanations of every arm; logged to the training runs and DVC."""
-    from mlops.config import load_params
+    from mlops.fit.loop import deterministic_torch
+    from mlops.params import load_params
     from mlops.training.evaluate import evaluate_model
-    from mlops.training.loop import deterministic_torch
 
     params = load_params(params_path)
     deterministic_torch(params.base.threads)  # as the final fit: the same numbers on every run
@@ -290,7 +292,8 @@ def repeats(
     import mlflow
     from rich.progress import Progress, TextColumn
 
-    from mlops.config import load_experiment, load_params
+    from mlops.config import load_experiment
+    from mlops.params import load_params
     from mlops.tracking.lineage import TAG, dvc_hash, git_commit
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.repeats import parse_vary, plan_jobs, run_repeats
@@ -351,8 +354,8 @@ def register(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register a version; alias `challenger` when it meets the gates in params.yaml."""
-    from mlops.config import load_params
-    from mlops.registry.versions import register_model
+    from mlops.params import load_params
+    from mlops.registry.register import register_model
 
     reg = register_model(task, load_params(params_path), _settings(), model, metrics, out)
     if reg.challenger:
@@ -381,7 +384,7 @@ def registry_status(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Champion and challenger of every task, with gated metrics, data version and validation."""
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.registry.versions import status
     from mlops.tasks import task_names
 
@@ -430,7 +433,7 @@ def registry_promote(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Move alias `champion` to VERSION when every gate holds; says which gate failed otherwise."""
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.registry.release import promote
     from mlops.registry.versions import CHAMPION, has_alias
 
@@ -548,7 +551,7 @@ def registry_reproduce(
 @friendly
 def registry_card(task: str, version: str, params_path: ParamsOpt = Path("params.yaml")) -> None:
     """Print the model card of a version (Markdown)."""
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.registry.cards import model_card
     from mlops.tracking.runs import connect
 
@@ -567,6 +570,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from mlops.serving.app import create_app
 
     uvicorn.run(create_app(), host=host, port=port)
+
+
+@app.command("tasks")
+@friendly
+def tasks() -> None:
+    """The installed tasks (entry-point group ``mlops.tasks``) and the class each one loads."""
+    from mlops.tasks import GROUP, task_entry_points
+
+    for name, target in task_entry_points().items():
+        console.print(f"{name}  {target}", soft_wrap=True)
+    console.print(f"(entry-point group {GROUP!r}; docs/adding-a-task.md adds one)")
 
 
 @app.command("info")

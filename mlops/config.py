@@ -1,13 +1,13 @@
-"""params.yaml and experiments/*.yaml, parsed once into typed models.
+"""The types of params.yaml and experiments/*.yaml, and the strict YAML loading they share.
 
-Values live only in those files; this module holds their types. Every model forbids unknown keys
+Values live only in those files; this module holds their types (``mlops.params`` reads the whole params.yaml, whose
+task sections are typed by the installed tasks). Every model forbids unknown keys
 and requires every key, so a typo or a missing knob is an error that names the key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -146,7 +146,7 @@ class Experiment(Strict):
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from the project root or pass --params.")
     try:
@@ -174,53 +174,9 @@ def parse_section(model: type[BaseModel], data: Any, path: Path, section: str) -
         raise _explain(path, section, exc) from exc
 
 
-class Params:
-    """The whole params.yaml: shared sections plus one typed section per task."""
-
-    def __init__(self, path: Path, raw: dict[str, Any]):
-        from mlops.tasks import get_task, task_names  # late: tasks import this module
-
-        self.path = path
-        self.raw = raw
-        # `cluster` is typed and validated by mlops.tuning.kubernetes, the only code that reads it.
-        known = {"base", "tasks", "sweep", "cluster"} | set(task_names())
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known tasks are {task_names()}")
-        for key in ("base", "tasks", "sweep"):
-            if key not in raw:
-                raise ConfigError(f"{path}: missing key {key}")
-        self.base: BaseParams = parse_section(BaseParams, raw["base"], path, "base")
-        self.sweep: SweepParams = parse_section(SweepParams, raw["sweep"], path, "sweep")
-        if not isinstance(raw["tasks"], list) or not raw["tasks"]:
-            raise ConfigError(f"{path}: tasks must be a non-empty list of task names")
-        self.tasks: list[str] = [get_task(t).name for t in raw["tasks"]]
-        self._sections: dict[str, Any] = {}
-        for name in self.tasks:
-            if name not in raw:
-                raise ConfigError(f"{path}: missing section {name} for listed task {name}")
-            self._sections[name] = parse_section(get_task(name).Params, raw[name], path, name)
-
-    def task(self, name: str) -> Any:
-        """The typed params section of one task (its Task.Params model)."""
-        if name not in self._sections:
-            raise ConfigError(f"{self.path}: task {name!r} is not listed under tasks: {self.tasks}")
-        return self._sections[name]
-
-    def digest(self, task: str) -> str:
-        """Hash of the params that shape one task's results (base + its section)."""
-        payload = {"base": self.raw["base"], task: self.raw.get(task)}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_params(path: Path | str = "params.yaml") -> Params:
-    path = Path(path)
-    return Params(path, _read_yaml(path))
-
-
 def load_experiment(task: str, directory: Path | str = "experiments") -> Experiment:
     path = Path(directory) / f"{task}.yaml"
-    return parse_section(Experiment, _read_yaml(path), path, "")
+    return parse_section(Experiment, read_yaml(path), path, "")
 
 
 def experiment_digest(exp: Experiment) -> str:

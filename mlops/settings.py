@@ -84,10 +84,21 @@ class Settings(BaseSettings):
         return self.optuna_storage or f"journal:{self.home_dir / 'optuna.journal'}"
 
     @property
-    def resolved_service_db_uri(self) -> str:
-        from mlops.registry.history import history_url
+    def resolved_history_uri(self) -> str:
+        """The SQLAlchemy URL of the alias history: ``history_uri``, else the MLflow backend store's own database."""
+        if self.history_uri:
+            return self.history_uri
+        tracking_uri = self.resolved_tracking_uri
+        if tracking_uri.startswith(("sqlite:", "postgresql", "mysql")):
+            return tracking_uri
+        raise ValueError(
+            f"the tracking URI {tracking_uri!r} is not a database; set MLOPS_HISTORY_URI to the MLflow backend "
+            "store's database URL so the alias history lives beside it"
+        )
 
-        return self.service_db_uri or self.history_uri or history_url(self.resolved_tracking_uri)
+    @property
+    def resolved_service_db_uri(self) -> str:
+        return self.service_db_uri or self.resolved_history_uri
 
     @property
     def contributions_dir(self) -> Path:

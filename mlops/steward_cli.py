@@ -36,8 +36,8 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         params_path: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
     ) -> None:
         """The validate stage: data must be the version DVC recorded; suite + drift bounds; kept per version."""
-        from mlops.config import load_params
         from mlops.data.integrity import require_unchanged
+        from mlops.params import load_params
         from mlops.tasks import get_task
         from mlops.validation import validate_dataset
 
@@ -121,9 +121,9 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         params_path: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
     ) -> None:
         """HTML report of every version of TASK's data: validation, changes, runs and models that used it."""
-        from mlops.config import load_params
-        from mlops.data.audit import audit
-        from mlops.data.audit_html import write_html
+        from mlops.audit import audit
+        from mlops.audit_html import write_html
+        from mlops.params import load_params
         from mlops.settings import Settings
 
         target = out or Path("reports") / task / "audit.html"

@@ -166,7 +166,7 @@ def deep_update(base: dict, update: dict) -> dict:
 def tiny_params() -> dict:
     """params.yaml with every budget shrunk so the whole pipeline runs in about a minute."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tasks"] = ["fume_hood"]
+    params["tasks"] = {"fume_hood": params["tasks"]["fume_hood"]}
     fh = params["fume_hood"] = deep_update(params["fume_hood"], TINY["fume_hood"])
     fh["train"].update(epochs=2, patience=2)
     fh["evaluate"]["gradcam_samples"] = 4
@@ -417,16 +417,17 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     import mlflow
     from mlflow import MlflowClient
 
-    from mlops.config import load_params
-    from mlops.registry.versions import CHAMPION, register_model
+    from mlops.inference.model_files import WEIGHTS_TAG, save_model_dir, weights_digest
+    from mlops.params import load_params
+    from mlops.registry.register import register_model
+    from mlops.registry.versions import CHAMPION
     from mlops.settings import Settings
-    from mlops.tasks import get_task
+    from mlops.tasks import get_task, load_model_dir
     from mlops.tracking.lineage import TAG
     from mlops.tracking.log_model import log_pyfunc
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.evaluate import evaluate_model
     from mlops.training.final import SELECTED_FILE
-    from mlops.training.model_files import WEIGHTS_TAG, load_model_dir, save_model_dir, weights_digest
 
     settings = Settings(home=Path(env["MLOPS_HOME"]), _env_file=None)
     connect(settings)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.config import ConfigError, Gates, load_experiment, load_params
+from mlops.config import ConfigError, Gates, load_experiment
+from mlops.params import load_params
 from tests.conftest import ROOT, tiny_params
 
 
@@ -38,7 +39,7 @@ def test_missing_key_is_named(tmp_path):
 
 def test_unknown_task_and_top_level_key(tmp_path):
     data = tiny_params()
-    data["tasks"] = ["fume_hod"]
+    data["tasks"] = {"fume_hod": "mlops/tasks/fume_hod"}
     with pytest.raises(Exception, match="unknown task 'fume_hod'"):
         load_params(write(tmp_path, data))
     data = tiny_params()
@@ -100,3 +101,10 @@ def test_env_file_is_read_unless_mlops_env_file_says_none(tmp_path, monkeypatch)
     monkeypatch.setenv("MLOPS_ENV_FILE", str(tmp_path / ".env"))
     monkeypatch.chdir(ROOT)
     assert Settings().dvc_remote == "from-the-env-file"
+
+
+def test_tasks_must_map_each_task_to_its_code_folder(tmp_path):
+    data = tiny_params()
+    data["tasks"] = ["fume_hood"]  # the list form dvc.yaml's foreach cannot give a code folder for
+    with pytest.raises(ConfigError, match="tasks must map each task name to the folder of its code"):
+        load_params(write(tmp_path, data))

@@ -19,7 +19,8 @@ import httpx
 import pytest
 import yaml
 
-from mlops.config import CategoricalParam, Experiment, load_experiment, load_params
+from mlops.config import CategoricalParam, Experiment, load_experiment
+from mlops.params import load_params
 from mlops.tasks import get_task, task_names
 from tests.conftest import ROOT, TINY, deep_update, env_for, issue_key, start_service, stop_process, write_params
 
@@ -33,7 +34,7 @@ EPOCHS = 2
 def contract_params() -> dict:
     """params.yaml for every task: tiny data, a couple of epochs, and gates any model passes (they still run)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    out = {"base": raw["base"], "tasks": TASKS, "sweep": raw["sweep"]}
+    out = {"base": raw["base"], "tasks": {t: raw["tasks"][t] for t in TASKS}, "sweep": raw["sweep"]}
     for name in TASKS:
         section = deep_update(raw[name], TINY.get(name, {}))
         section["train"].update(epochs=EPOCHS, patience=EPOCHS)
@@ -60,8 +61,8 @@ def prepare_champion(name: str, root: Path, params, settings) -> dict[str, Any]:
     """One task from simulation to champion, through the stages' own functions, in ``root``."""
     from mlflow import MlflowClient
 
+    from mlops.registry.register import register_model
     from mlops.registry.release import promote
-    from mlops.registry.versions import register_model
     from mlops.training.final import selected_arm_dir, train_best, train_run_for
     from mlops.validation import validate_dataset
 

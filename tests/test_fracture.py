@@ -17,19 +17,15 @@ from PIL import Image
 
 from mlops.config import parse_section
 from mlops.data.arrays import load_array, read_meta
+from mlops.data.split import split_groups
 from mlops.inference.base import BadInput, load_predictor
 from mlops.tasks import get_task
-from mlops.tasks.fracture.inference import UNKNOWN, decide
-from mlops.tasks.fracture.model import MODELS, N_CLASSES
-from mlops.tasks.fracture.simulate import CLASSES, outlier_image, simulate_fractographs
-from mlops.tasks.fracture.task import (
-    OUTLIER,
-    OUTLIER_WEIGHT,
-    augment_texture,
-    confidence_auroc,
-    ood_photo_paths,
-    stratified_group_split,
-)
+from mlops.tasks.fracture.evaluate import ood_photo_paths
+from mlops.tasks.fracture.layout import CLASSES
+from mlops.tasks.fracture.metrics import OUTLIER_WEIGHT, confidence_auroc, macro_f1
+from mlops.tasks.fracture.model import MODELS, N_CLASSES, UNKNOWN, decide
+from mlops.tasks.fracture.prepare import OUTLIER, augment_texture
+from mlops.tasks.fracture.simulate import outlier_image, simulate_fractographs
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT, assert_cam_layer_is_spatial
 
@@ -188,10 +184,10 @@ def test_split_by_source_leaks_nothing_and_augmentation_keeps_labels(raw, params
     assert len(first) == params.augment.copies and not np.array_equal(x[first[0]], x[first[1]])
 
 
-def test_stratified_group_split_keeps_sources_whole_and_every_class_in_every_split():
+def test_split_by_source_stratified_by_class_keeps_sources_whole_and_every_class_in_every_split():
     groups = np.repeat([f"s{i}" for i in range(20)], 3)
     y = np.repeat(np.arange(20) % 4, 3)
-    idx = stratified_group_split(groups, y, 0.2, 0.2, seed=0)
+    idx = split_groups(groups, 0.2, 0.2, seed=0, strata=y)
     assert sorted(np.concatenate(list(idx.values()))) == list(range(60))
     for split, rows in idx.items():
         assert set(y[rows]) == {0, 1, 2, 3}, split
@@ -244,7 +240,7 @@ def test_model_overfits_one_batch():
     losses = []
     for _ in range(100):
         opt.zero_grad()
-        loss = TASK.loss(model(x), y)
+        loss = TASK.criterion(model)(model(x), y)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -253,12 +249,21 @@ def test_model_overfits_one_batch():
 
 
 def test_loss_pulls_outliers_towards_a_uniform_prediction():
+    loss = TASK.criterion(MODELS.build("cnn", width=4, depth=3, dropout=0.0))
     flat = torch.zeros(2, N_CLASSES)
-    assert float(TASK.loss(flat, torch.tensor([OUTLIER, OUTLIER]))) == pytest.approx(OUTLIER_WEIGHT * np.log(N_CLASSES))
+    assert float(loss(flat, torch.tensor([OUTLIER, OUTLIER]))) == pytest.approx(OUTLIER_WEIGHT * np.log(N_CLASSES))
     sure = torch.tensor([[9.0, 0, 0, 0], [9.0, 0, 0, 0]])
-    assert float(TASK.loss(sure, torch.tensor([0, OUTLIER]))) > float(TASK.loss(sure, torch.tensor([0, 0])))
+    assert float(loss(sure, torch.tensor([0, OUTLIER]))) > float(loss(sure, torch.tensor([0, 0])))
     metrics = TASK.val_metrics(sure, torch.tensor([0, OUTLIER]))  # outliers do not count in validation
     assert metrics["accuracy"] == 1.0
+
+
+def test_macro_f1_averages_over_the_classes_present():
+    # Class 0: tp 2, fp 2 -> F1 2/3; class 1 is never predicted -> 0; classes 2 and 3 appear nowhere and do not count.
+    assert macro_f1(np.array([0, 0, 0, 0]), np.array([0, 0, 1, 1])) == pytest.approx((2 / 3 + 0) / 2)
+    # A class only predicted, never actual, scores 0 too.
+    assert macro_f1(np.array([0, 3]), np.array([0, 0])) == pytest.approx((2 / 3 + 0) / 2)
+    assert np.isnan(macro_f1(np.array([], dtype=np.int64), np.array([], dtype=np.int64)))
 
 
 def test_unknown_model_name_fails_loudly():
@@ -280,7 +285,7 @@ def trained(raw, params, tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(5):
         opt.zero_grad()
-        TASK.loss(model(x), y).backward()
+        TASK.criterion(model)(model(x), y).backward()
         opt.step()
     weights, spec_path = tmp_path / "weights.pt", tmp_path / "spec.json"
     torch.save(model.state_dict(), weights)

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mlops.config import load_params
 from mlops.data.arrays import load_array
+from mlops.params import load_params
 from mlops.tasks import get_task
+from mlops.tasks.fume_hood.metrics import pointing_game
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS
 from mlops.tasks.fume_hood.simulate import simulate_photos
-from mlops.tasks.fume_hood.task import pointing_game
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT, assert_cam_layer_is_spatial, tiny_params, write_params
 
@@ -131,7 +131,7 @@ def test_model_overfits_one_batch(name):
     losses = []
     for _ in range(80):
         opt.zero_grad()
-        loss = TASK.loss(model(x), y)
+        loss = TASK.criterion(model)(model(x), y)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))

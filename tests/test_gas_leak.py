@@ -20,10 +20,12 @@ import yaml
 from mlops.config import load_experiment, parse_section
 from mlops.data.arrays import load_array
 from mlops.inference import BadInput, load_predictor
+from mlops.inference.model_files import save_model_dir
 from mlops.tasks import get_task
-from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, centre_crop, decode_peak, to_channels
-from mlops.tasks.gas_leak.task import AugmentParams, augment_sequence
-from mlops.training.model_files import save_model_dir
+from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, decode_peak
+from mlops.tasks.gas_leak.params import AugmentParams
+from mlops.tasks.gas_leak.prepare import augment_sequence
+from mlops.tasks.gas_leak.preprocess import centre_crop, to_channels
 from mlops.validation.runner import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,13 +212,14 @@ def test_decode_peak_finds_the_argmax_with_subpixel_refinement():
 def test_each_head_overfits_one_batch(task, prepared, head):
     x, y = task.dataset(prepared, "train")[:8]
     model, _ = _build(task, prepared, head)
+    criterion = task.criterion(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     with torch.no_grad():
-        first = float(task.loss(model(x), y))
+        first = float(criterion(model(x), y))
     for _ in range(60):
         optimizer.zero_grad()
-        loss = task.loss(model(x), y)
+        loss = criterion(model(x), y)
         loss.backward()
         optimizer.step()
     model.eval()
@@ -225,7 +228,7 @@ def test_each_head_overfits_one_batch(task, prepared, head):
     # The heat-map loss is a cross-entropy against a Gaussian target: its floor is the target's entropy.
     maps = y[:, N_ANSWER:]
     floor = float(-(maps * maps.clamp_min(1e-12).log()).sum(dim=1).mean()) if head == "heatmap" else 0.0
-    assert float(task.loss(out, y)) - floor < 0.25 * (first - floor)
+    assert float(criterion(out, y)) - floor < 0.25 * (first - floor)
     assert task.val_metrics(out, y)["xy_error"] < 1.0
 
 

@@ -43,7 +43,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 def fracture_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["tasks"] = ["fracture"]
+    params["tasks"] = {"fracture": params["tasks"]["fracture"]}
     section = params["fracture"] = deep_update(params["fracture"], TINY["fracture"])
     section["train"].update(epochs=2, patience=2)
     section["gates"].update(min={"test_accuracy": 0.0}, max={})

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlops.config import load_params
+from mlops.inference.model_files import WEIGHTS, WEIGHTS_TAG, save_model_dir, weights_digest
+from mlops.params import load_params
 from mlops.tasks import get_task
-from mlops.training.model_files import WEIGHTS, WEIGHTS_TAG, save_model_dir, weights_digest
 from tests.conftest import tiny_params, write_params
 
 TASK = get_task("fume_hood")
@@ -119,7 +119,7 @@ def trained(tiny_raw, tmp_path, monkeypatch):
 def test_the_train_run_is_found_by_its_weights_and_registered_without_run_ids_in_the_file(trained, tmp_path):
     from mlflow import MlflowClient
 
-    from mlops.registry.versions import register_model
+    from mlops.registry.register import register_model
     from mlops.training.final import arm_dirs, train_run_for
 
     models, train_run = trained["models"], trained["train_run"]

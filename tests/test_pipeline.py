@@ -35,10 +35,10 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     import mlflow
     from mlflow import MlflowClient
 
+    from mlops.inference.model_files import WEIGHTS_TAG, weights_digest
     from mlops.settings import Settings
     from mlops.tracking.lineage import dvc_hash
     from mlops.tracking.runs import connect
-    from mlops.training.model_files import WEIGHTS_TAG, weights_digest
 
     monkeypatch.setenv("MLOPS_HOME", str(pipeline_repo["home"]))
     monkeypatch.chdir(pipeline_repo["repo"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mlops.config import load_params
+from mlops.params import load_params
 from mlops.registry.history import EVENTS, PromotionConflict
 from mlops.registry.release import history, promote, rollback, verify
 from mlops.registry.versions import CHAMPION, PromotionError

@@ -17,11 +17,16 @@ import yaml
 
 from mlops.config import load_experiment
 from mlops.data.arrays import load_array
+from mlops.fit.loop import FitConfig, fit
 from mlops.inference import BadInput
 from mlops.tasks import get_task
 from mlops.tasks.base import ModelSpec
+from mlops.tasks.capabilities import Calibrates, ComparesArms
+from mlops.tasks.skeleton.evaluate import compare_arms, window_labels
 from mlops.tasks.skeleton.inference import SkeletonPredictor, load
-from mlops.tasks.skeleton.model import MODELS, negative_elbo
+from mlops.tasks.skeleton.layout import frame_path
+from mlops.tasks.skeleton.metrics import negative_elbo
+from mlops.tasks.skeleton.model import MODELS, model_kwargs
 from mlops.tasks.skeleton.preprocess import (
     BODY25_LIMBS,
     NECK,
@@ -34,9 +39,7 @@ from mlops.tasks.skeleton.preprocess import (
     sliding_windows,
     window_starts,
 )
-from mlops.tasks.skeleton.simulate import ABNORMAL_ACTIONS, frame_path, openpose_document, simulate_videos
-from mlops.tasks.skeleton.task import compare_arms, model_kwargs
-from mlops.training.loop import FitConfig, fit
+from mlops.tasks.skeleton.simulate import ABNORMAL_ACTIONS, openpose_document, simulate_videos
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT
 
@@ -265,8 +268,8 @@ def test_validation_fails_on_a_broken_dataset_and_names_the_frames(raw, params, 
     assert any(sample in f.samples for f in failed), report.summary()
 
 
-def test_manifest_counts_frames_and_joints(raw):
-    table = TASK.manifest(raw)
+def test_manifest_counts_frames_and_joints(raw, params):
+    table = TASK.manifest(raw, params)
     assert len(table) == 3 * 45 + 90 and table.frame_id.is_unique
     assert table.groupby("video").video_frames.first().to_dict()["test_01"] == 90
     assert set(table.n_joints.dropna()) == {25}
@@ -315,8 +318,8 @@ def test_augmented_copies_are_jittered_windows_of_the_same_videos(raw, params, t
 def test_window_labels_by_last_frame_or_majority(prepared):
     starts = load_array(prepared, "test", "starts")
     y = load_array(prepared, "test", "y")
-    last, _ = TASK.window_labels(prepared, "test", starts, "last")
-    majority, actions = TASK.window_labels(prepared, "test", starts, "majority")
+    last, _ = window_labels(prepared, "test", starts, "last")
+    majority, actions = window_labels(prepared, "test", starts, "majority")
     assert np.array_equal(last, y[starts + T - 1])
     assert np.array_equal(majority, (np.stack([y[s : s + T] for s in starts]).mean(axis=1) > 0.5).astype(int))
     assert set(actions[majority == 1]) <= set(ABNORMAL_ACTIONS)
@@ -348,10 +351,11 @@ def test_model_learns_on_tiny_data(prepared, name):
     x = torch.stack([data[i][0] for i in np.linspace(0, len(data) - 1, 4 if sequence else 16).astype(int)])
     seen = x if sequence else x[:, -1:]
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    criterion = TASK.criterion(model)
     losses = []
     for _ in range(250 if sequence else 150):
         opt.zero_grad()
-        loss = TASK.loss(model.train()(x), x)
+        loss = criterion(model.train()(x), x)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -388,6 +392,7 @@ def test_generic_loop_trains_evaluates_and_calibrates(prepared, params, tmp_path
     assert len(evaluation.tables["window_scores"]) == 90 - 29
     figures = compare_arms({"lstm_vae": evaluation.tables["window_scores"]}, tmp_path / "compare")
     assert set(figures) == {"roc_curves.png", "score_timelines.png"} and figures["roc_curves.png"].is_file()
+    assert isinstance(TASK, Calibrates) and isinstance(TASK, ComparesArms)
     calibrated = TASK.calibrate(model, spec, prepared, params)
     assert calibrated.extra["threshold"] == pytest.approx(evaluation.metrics["serving_threshold"])
     assert TASK.example_input(prepared).shape == (2, T, 28, 28)

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mlops.config import load_params
-from mlops.tasks import get_task
-from mlops.training.loop import FitConfig, fit
-from mlops.training.model_files import load_model_dir, save_model_dir
+from mlops.fit.loop import FitConfig, fit
+from mlops.inference.model_files import save_model_dir
+from mlops.params import load_params
+from mlops.tasks import get_task, load_model_dir
 from tests.conftest import tiny_params, write_params
 
 TASK = get_task("fume_hood")

@@ -25,11 +25,15 @@ from mlops.tasks.ttubule.instances import (
     instance_stats,
     split_instances,
 )
-from mlops.tasks.ttubule.model import LossConfig, UNet, predict_whole, segmentation_loss, sliding_window
+from mlops.tasks.ttubule.layout import LABELS_FILE, META_FILE
+from mlops.tasks.ttubule.layout import TTUBULE as TTUBULE_CLASS
+from mlops.tasks.ttubule.metrics import plain_loss, segmentation_loss, swept_class_metrics
+from mlops.tasks.ttubule.model import LossConfig, UNet, predict_whole, sliding_window, with_loss_constants
 from mlops.tasks.ttubule.normalize import PeakSettings, histogram_peaks, normalize_stack, piecewise_linear
-from mlops.tasks.ttubule.simulate import LABELS_FILE, META_FILE, SimSettings, simulate_volume, simulate_volumes
-from mlops.tasks.ttubule.simulate import TTUBULE as TTUBULE_CLASS
-from mlops.tasks.ttubule.task import AugmentParams, TTubuleParams, augment_pair, swept_class_metrics
+from mlops.tasks.ttubule.params import AugmentParams, SimSettings, TTubuleParams
+from mlops.tasks.ttubule.prepare import augment_pair
+from mlops.tasks.ttubule.preprocess import peak_settings
+from mlops.tasks.ttubule.simulate import simulate_volume, simulate_volumes
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT
 
@@ -42,8 +46,14 @@ def tiny_section() -> dict:
     section["simulate"].update(n_volumes=3, slices=6, height=64, width=64)
     section["validation"].update(min_slices=2, min_height=32, min_width=32, max_ttubule_fraction=0.06)
     section["augment"]["tiles_per_slice"] = 2
-    section["input"].update(tile=32, infer_tile=128)
+    section["input"].update(tile=32, infer_tile=128, depth=2)
     return section
+
+
+#: params.yaml's ttubule.input: the peak finding and the loss constants every model trains with
+INPUT = yaml.safe_load((ROOT / "params.yaml").read_text())["ttubule"]["input"]
+PEAKS = peak_settings(INPUT)
+LOSS_CONSTANTS = {"focal_gamma": INPUT["focal_gamma"], "tversky_alpha": INPUT["tversky_alpha"]}
 
 
 @pytest.fixture()
@@ -88,11 +98,11 @@ def test_normalisation_takes_out_slice_drift():
     rng = np.random.default_rng(1)
     base = np.where(rng.random((80, 80)) < 0.35, 70.0, 140.0) + rng.normal(0, 4, (80, 80))
     drifted = np.stack([base, base * 1.2 + 10, base * 0.85 - 5]).clip(0, 255).astype(np.uint8)
-    out, skipped = normalize_stack(drifted, 80.0, 150.0)
+    out, skipped = normalize_stack(drifted, 80.0, 150.0, PEAKS)
     assert skipped == 0
-    peaks = np.array([histogram_peaks(s) for s in out])
+    peaks = np.array([histogram_peaks(s, PEAKS) for s in out])
     assert np.abs(peaks - [80.0, 150.0]).max() <= 3
-    blank, skipped = normalize_stack(np.zeros((1, 32, 32), np.uint8), 80.0, 150.0)
+    blank, skipped = normalize_stack(np.zeros((1, 32, 32), np.uint8), 80.0, 150.0, PEAKS)
     assert skipped == 1 and not blank.any()  # no peaks: left as it is, counted
 
 
@@ -328,7 +338,7 @@ def test_unet_overfits_one_small_batch(label_mode):
     first = None
     for _ in range(120):
         optimizer.zero_grad()
-        loss = TASK.loss(model(image[:, None]), targets)
+        loss = plain_loss(model(image[:, None]), targets)
         loss.backward()
         optimizer.step()
         first = first if first is not None else float(loss.detach())
@@ -344,7 +354,8 @@ def test_unet_overfits_one_small_batch(label_mode):
 # myofibril; boundary target 0, 1, 1, 0. The logits are logs of the probabilities written here, so each loss
 # can be written down with math.log. Multi-label: softmax rows below; single-label: T-tubule sigmoid 0.2, 0.3,
 # 0.8, 0.1 (target 0, 0, 1, 0, so its boundary target is 0, 0, 1, 0); boundary sigmoid 0.2, 0.9, 0.6, 0.5.
-# LossConfig defaults: rare_weight 10, focal gamma 2, Tversky alpha 0.3 (false positives), boundary weight 0.5.
+# The U-Net's defaults (rare_weight 10, boundary weight 0.5) and params.yaml's loss constants (focal gamma 2,
+# Tversky alpha 0.3 on false positives).
 HAND_LABELS = [[0, 1], [3, 2]]
 HAND_BOUNDARY = [[0, 1], [1, 0]]
 HAND_SOFTMAX = [[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]]
@@ -385,7 +396,7 @@ def hand_outputs(label_mode: str) -> torch.Tensor:
 @pytest.mark.parametrize("loss", ["ce", "weighted_ce", "dice", "tversky", "focal"])
 @pytest.mark.parametrize("label_mode", ["multi", "single"])
 def test_every_loss_works_in_both_label_modes(loss, label_mode):
-    model = UNet(label_mode, width=4, depth=2, loss=loss)
+    model = with_loss_constants(UNet(label_mode, width=4, depth=2, loss=loss), **LOSS_CONSTANTS)
     assert model(torch.rand(1, 1, 16, 16)).shape == (1, 5 if label_mode == "multi" else 2, 16, 16)
     hand = LossConfig(loss, rare_weight=10.0, boundary_weight=0.5, focal_gamma=2.0, tversky_alpha=0.3)
     assert model.loss_config == hand  # the constants the values above were worked out with
@@ -397,7 +408,7 @@ def test_every_loss_works_in_both_label_modes(loss, label_mode):
     value.backward()
     assert torch.isfinite(outputs.grad).all() and outputs.grad.abs().sum() > 0
     plain = HAND_CLASS_LOSS["ce", label_mode] + 0.5 * HAND_BOUNDARY_LOSS[label_mode]
-    assert float(segmentation_loss(outputs.detach(), targets)) == pytest.approx(plain, rel=1e-5)
+    assert float(plain_loss(outputs.detach(), targets)) == pytest.approx(plain, rel=1e-5)
 
 
 def test_single_label_learns_no_mitochondrion_contours():
@@ -410,9 +421,9 @@ def test_single_label_learns_no_mitochondrion_contours():
     tubes_only[:, 1] *= (full[:, 0] == 3).to(torch.uint8)
     assert (tubes_only[:, 1] != full[:, 1]).any()
     single = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert float(segmentation_loss(single, full)) == pytest.approx(float(segmentation_loss(single, tubes_only)))
+    assert float(plain_loss(single, full)) == pytest.approx(float(plain_loss(single, tubes_only)))
     multi = torch.randn(1, 5, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert float(segmentation_loss(multi, full)) != pytest.approx(float(segmentation_loss(multi, tubes_only)))
+    assert float(plain_loss(multi, full)) != pytest.approx(float(plain_loss(multi, tubes_only)))
 
 
 def test_the_criterion_is_the_loss_the_model_was_built_with():
@@ -422,12 +433,13 @@ def test_the_criterion_is_the_loss_the_model_was_built_with():
     values = {}
     for loss in ("ce", "weighted_ce", "dice", "focal"):
         torch.manual_seed(1)  # the same weights for every choice
-        model = UNet("multi", width=4, depth=2, loss=loss, rare_weight=20.0).eval()
+        model = with_loss_constants(UNet("multi", width=4, depth=2, loss=loss, rare_weight=20.0), **LOSS_CONSTANTS)
+        model.eval()
         with torch.no_grad():
             out = model(x)
             values[loss] = float(TASK.criterion(model)(out, targets))
             if loss == "ce":
-                assert values[loss] == pytest.approx(float(TASK.loss(out, targets)))
+                assert values[loss] == pytest.approx(float(plain_loss(out, targets)))
     assert len({round(v, 5) for v in values.values()}) == 4  # each choice is a different loss
 
 
@@ -436,12 +448,27 @@ def test_build_model_reads_the_arm_and_stores_the_normalisation(raw, tmp_path, p
     model, spec = TASK.build_model({"model": "unet", "label_mode": "single", "width": 4}, tmp_path / "prep")
     assert model.label_mode == "single" and spec.model_kwargs["label_mode"] == "single"
     assert {"P1", "P2", "infer_tile", "voxel_size_nm", "max_upload_voxels"} <= set(spec.extra)
+    # The depth and the loss constants are params.yaml's (ttubule.input, through the prepared data), for every model.
+    assert model.depth == spec.model_kwargs["depth"] == params.input.depth
+    assert (model.loss_config.focal_gamma, model.loss_config.tversky_alpha) == (
+        params.input.focal_gamma,
+        params.input.tversky_alpha,
+    )
+    with pytest.raises(ValueError, match="depth"):
+        TASK.build_model({"model": "unet", "width": 4, "depth": 2}, tmp_path / "prep")
+
+
+def test_a_loss_without_its_constant_is_refused():
+    outputs, targets = torch.zeros(1, 5, 4, 4), torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="focal_gamma"):
+        TASK.criterion(UNet("multi", width=4, depth=2, loss="focal"))(outputs, targets)  # not built by build_model
+    assert torch.isfinite(segmentation_loss(outputs, targets, LossConfig("ce", None, 0.5, None, None)))
 
 
 @pytest.mark.parametrize("label_mode", ["multi", "single"])
 def test_evaluate_reports_per_class_tables_and_instances(raw, tmp_path, params, label_mode):
     TASK.prepare(raw, tmp_path / "prep", params, seed=0)
-    model, _ = TASK.build_model({"label_mode": label_mode, "width": 4, "depth": 2}, tmp_path / "prep")
+    model, _ = TASK.build_model({"label_mode": label_mode, "width": 4}, tmp_path / "prep")
     evaluation = TASK.evaluate(model.eval(), tmp_path / "prep", params, tmp_path / "eval")
     m = evaluation.metrics
     for key in ("f", "precision", "recall", "iou", "threshold", "instances", "instances_true", "volume_um3"):
@@ -453,7 +480,7 @@ def test_evaluate_reports_per_class_tables_and_instances(raw, tmp_path, params, 
 
 def test_calibrate_stores_the_validation_thresholds_the_predictor_then_uses(raw, tmp_path, params):
     TASK.prepare(raw, tmp_path / "prep", params, seed=0)
-    model, spec = TASK.build_model({"label_mode": "multi", "width": 4, "depth": 2}, tmp_path / "prep")
+    model, spec = TASK.build_model({"label_mode": "multi", "width": 4}, tmp_path / "prep")
     spec = TASK.calibrate(model.eval(), spec, tmp_path / "prep", params)
     assert set(spec.extra["thresholds"]) == {"mitochondria", "myofibril", "ttubule"}
     assert all(0 <= t <= 255 for t in spec.extra["thresholds"].values())

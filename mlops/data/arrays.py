@@ -36,3 +36,13 @@ def read_meta(prepared_dir: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the prepare stage first")
     return json.loads(path.read_text())
+
+
+def image_dataset(prepared_dir: Path, split: str):
+    """``(images (N, 1, H, W) float32 in [0, 1], targets)`` from a split's uint8 ``x`` and its ``y``: the dataset of
+    every task that stores grayscale images as uint8 (fume_hood, fracture)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    x = torch.from_numpy(load_array(prepared_dir, split, "x").astype(np.float32) / 255.0)[:, None]
+    return TensorDataset(x, torch.from_numpy(load_array(prepared_dir, split, "y")))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from mlops.inference.images import sniff_image_type
 from mlops.members.schema import CONTRIBUTIONS, engine
 from mlops.tasks import get_task
+from mlops.tasks.capabilities import TakesContributions
 
 _SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
 
@@ -69,7 +70,7 @@ class ReviewQueue:
     ) -> Contribution:
         """Queue one upload (already size-checked and decodable); ReviewError for a bad claim or a repeat."""
         spec = get_task(task)
-        if not spec.contribution_labels:
+        if not isinstance(spec, TakesContributions):
             raise ReviewError(f"{task} takes no contributions")
         if label not in spec.contribution_labels:
             raise ReviewError(f"unknown label {label!r} for {task}; choose one of {list(spec.contribution_labels)}")

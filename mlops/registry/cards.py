@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlops.config import Params
+from mlops.params import Params
 from mlops.registry.versions import CHAMPION, alias_version, client, version_metrics
 from mlops.tracking.lineage import TAG
 

@@ -79,16 +79,6 @@ class AliasEvent:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def history_url(tracking_uri: str) -> str:
-    """The SQLAlchemy URL of the history: the MLflow backend store's own database."""
-    if tracking_uri.startswith(("sqlite:", "postgresql", "mysql")):
-        return tracking_uri
-    raise ValueError(
-        f"the tracking URI {tracking_uri!r} is not a database; set MLOPS_HISTORY_URI to the MLflow backend "
-        "store's database URL so the alias history lives beside it"
-    )
-
-
 class History:
     def __init__(self, url: str):
         self.engine = sa.create_engine(url, pool_pre_ping=True)

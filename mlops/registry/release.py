@@ -18,12 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlops.config import Params
+from mlops.params import Params
 from mlops.registry.history import (
     AliasEvent,
     History,
     champion_at,
-    history_url,
     new_event,
     pause_for_tests,
     verify_chain,
@@ -35,7 +34,7 @@ from mlops.tracking.runs import connect
 
 
 def open_history(settings: Settings) -> History:
-    return History(settings.history_uri or history_url(settings.resolved_tracking_uri))
+    return History(settings.resolved_history_uri)
 
 
 def _resolve(c, task: str, version: str) -> Any:
@@ -66,8 +65,7 @@ def _champion_metrics_on(task: str, champion, candidate, params: Params) -> dict
         )
     import mlflow
 
-    from mlops.tasks import get_task
-    from mlops.training.model_files import load_model_dir
+    from mlops.tasks import get_task, load_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{champion.version}", dst_path=tmp))

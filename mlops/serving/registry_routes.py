@@ -40,7 +40,7 @@ def _release_error(exc: Exception) -> HTTPException:
 
 @router.post("/{task}/promote")
 async def promote_route(task: str, body: PromoteRequest, request: Request, admin: AdminCaller) -> dict[str, Any]:
-    from mlops.config import load_params
+    from mlops.params import load_params
     from mlops.registry.history import PromotionConflict
     from mlops.registry.release import event_json, promote
     from mlops.registry.versions import PromotionError

@@ -32,9 +32,12 @@ def me(member: MemberCaller) -> dict[str, Any]:
 def contribution_form(task: str, request: Request) -> dict[str, Any]:
     """The labels a member may claim and the extra fields the task's data layout needs."""
     from mlops.tasks import UnknownTaskError, get_task
+    from mlops.tasks.capabilities import TakesContributions
 
     try:
         spec = get_task(task)
     except UnknownTaskError as exc:
         raise HTTPException(404, detail=str(exc)) from exc
+    if not isinstance(spec, TakesContributions):
+        return {"task": task, "labels": [], "fields": []}
     return {"task": task, "labels": list(spec.contribution_labels), "fields": list(spec.contribution_fields)}

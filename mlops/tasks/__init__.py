@@ -1,25 +1,36 @@
-"""Task registry: tasks register by name; unknown or duplicate names fail loudly.
+"""Tasks are plugins: found through the ``mlops.tasks`` entry-point group, by name, loud on unknown or duplicate.
 
-Task modules are imported lazily (on the first lookup), so importing ``mlops.tasks`` stays cheap.
+A package declares ``[project.entry-points."mlops.tasks"] <name> = "<module>:<TaskClass>"`` (the five built-in
+studies do so in pyproject.toml) and is installed; nothing under ``mlops/`` names it. Task classes are imported
+lazily, on the first lookup, so importing ``mlops.tasks`` stays cheap. docs/adding-a-task.md gives the steps.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
-from mlops.tasks.base import Evaluation, ModelRegistry, ModelSpec, Task
+from torch import nn
 
-__all__ = ["Evaluation", "ModelRegistry", "ModelSpec", "Task", "UnknownTaskError", "get_task", "task_names"]
+from mlops.inference.model_files import ModelSpec, load_weights, read_spec
+from mlops.tasks.base import Evaluation, ModelRegistry, Task
 
-# name -> module defining the Task subclass (decorated with @register_task)
-_TASK_MODULES: dict[str, str] = {
-    "fume_hood": "mlops.tasks.fume_hood.task",
-    "skeleton": "mlops.tasks.skeleton.task",
-    "gas_leak": "mlops.tasks.gas_leak.task",
-    "fracture": "mlops.tasks.fracture.task",
-    "ttubule": "mlops.tasks.ttubule.task",
-}
-_TASKS: dict[str, Task] = {}
+__all__ = [
+    "GROUP",
+    "Evaluation",
+    "ModelRegistry",
+    "ModelSpec",
+    "Task",
+    "UnknownTaskError",
+    "get_task",
+    "load_model_dir",
+    "task_entry_points",
+    "task_names",
+]
+
+#: The entry-point group tasks register in.
+GROUP = "mlops.tasks"
 
 
 class UnknownTaskError(KeyError):
@@ -27,20 +38,44 @@ class UnknownTaskError(KeyError):
         return str(self.args[0])
 
 
-def register_task(cls: type[Task]) -> type[Task]:
-    if cls.name in _TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    _TASKS[cls.name] = cls()
-    return cls
+@functools.cache
+def _entry_points() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise ValueError(
+                f"task {ep.name!r} is registered twice in the {GROUP!r} entry points: {found[ep.name].value} and "
+                f"{ep.value}; uninstall one of the packages"
+            )
+        found[ep.name] = ep
+    return found
+
+
+def task_entry_points() -> dict[str, str]:
+    """Each installed task's name and the ``module:Class`` its entry point loads, sorted by name."""
+    return {name: ep.value for name, ep in sorted(_entry_points().items())}
 
 
 def task_names() -> list[str]:
-    return sorted(_TASK_MODULES)
+    """Every installed task's name, sorted."""
+    return sorted(_entry_points())
 
 
+@functools.cache
 def get_task(name: str) -> Task:
-    if name not in _TASK_MODULES:
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
-    if name not in _TASKS:
-        importlib.import_module(_TASK_MODULES[name])
-    return _TASKS[name]
+    """The one instance of the task registered as ``name``; UnknownTaskError lists the installed ones."""
+    eps = _entry_points()
+    if name not in eps:
+        raise UnknownTaskError(f"unknown task {name!r}; installed tasks: {', '.join(task_names()) or 'none'}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"entry point {name} = {eps[name].value} is not a subclass of mlops.tasks.Task")
+    if cls.name != name:
+        raise ValueError(f"entry point {name!r} loads a task that calls itself {cls.name!r}: make the two agree")
+    return cls()
+
+
+def load_model_dir(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
+    """The trained module of a model folder (rebuilt by its task's model registry) and its spec."""
+    spec = read_spec(model_dir)
+    return load_weights(get_task(spec.task).models.build(spec.model, **spec.model_kwargs), model_dir), spec

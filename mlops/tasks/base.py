@@ -27,30 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mlops.inference.model_files import ModelRegistry, ModelSpec
 
-class ModelRegistry:
-    """Name -> model builder, per task. Duplicate or unknown names fail loudly."""
-
-    def __init__(self, task: str):
-        self.task = task
-        self._builders: dict[str, Callable[..., nn.Module]] = {}
-
-    def register(self, name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-        def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-            if name in self._builders:
-                raise ValueError(f"model {name!r} is registered twice for task {self.task!r}")
-            self._builders[name] = builder
-            return builder
-
-        return decorate
-
-    def build(self, name: str, **kwargs: Any) -> nn.Module:
-        if name not in self._builders:
-            raise KeyError(f"unknown model {name!r} for task {self.task!r}; known: {self.names()}")
-        return self._builders[name](**kwargs)
-
-    def names(self) -> list[str]:
-        return sorted(self._builders)
+__all__ = ["BadUpload", "Evaluation", "ModelRegistry", "ModelSpec", "Task", "Upload"]
 
 
 @dataclass
@@ -60,26 +39,6 @@ class Evaluation:
     metrics: dict[str, float]
     images: dict[str, Path] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-
-
-@dataclass
-class ModelSpec:
-    """The rebuild recipe stored next to a state_dict (no pickled objects)."""
-
-    task: str
-    model: str
-    model_kwargs: dict[str, Any]
-    inference_module: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "model": self.model,
-            "model_kwargs": self.model_kwargs,
-            "inference_module": self.inference_module,
-            "extra": self.extra,
-        }
 
 
 @dataclass(frozen=True)
@@ -104,7 +63,11 @@ class BadUpload:
 
 
 class Task(ABC):
-    """One study's domain: data schema, simulator, ingest, models, loss, metrics, explanation."""
+    """One study's domain: data schema, simulator, ingest, models, loss, metrics, explanation.
+
+    What only some tasks can do (take members' contributions, calibrate a serving setting, draw figures across
+    arms) is not here: a task opts in by also implementing a protocol of ``mlops.tasks.capabilities``.
+    """
 
     name: ClassVar[str]
     #: pydantic model of this task's params.yaml section (strict).
@@ -126,21 +89,11 @@ class Task(ABC):
     def ingest(self, src_dir: Path, out_dir: Path) -> int:
         """Copy a user's real data (documented layout) into ``out_dir``; return the sample count."""
 
-    # Contributions: members' uploads that a steward accepts into the raw data (review queue).
-    #: Labels a member may claim; empty means the task takes no contributions.
-    contribution_labels: ClassVar[tuple[str, ...]] = ()
-    #: Metadata the real-data layout needs besides the label (asked of the member with each upload).
-    contribution_fields: ClassVar[tuple[str, ...]] = ()
-
-    def add_contribution(
-        self, raw_dir: Path, sample_id: str, data: bytes, suffix: str, label: str, source: str, meta: dict[str, str]
-    ) -> Path:
-        """Write one accepted contribution into ``raw_dir`` in the real-data layout; return its file."""
-        raise NotImplementedError(f"{self.name} takes no contributions")
-
     @abstractmethod
-    def manifest(self, raw_dir: Path) -> pd.DataFrame:
-        """One row per sample with computed statistics, for validation (never raises on bad files)."""
+    def manifest(self, raw_dir: Path, params: Any) -> pd.DataFrame:
+        """One row per sample with computed statistics, for validation (never raises on bad files).
+
+        ``params`` is the task's section, for statistics computed as prepare computes them (ttubule's peaks)."""
 
     @abstractmethod
     def expectations(self, params: Any) -> Iterable[Any]:
@@ -160,16 +113,12 @@ class Task(ABC):
         """Build the model named by ``hparams['model']`` and the recipe to rebuild it."""
 
     @abstractmethod
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of one batch."""
-
     def criterion(self, model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The training loss of ``model`` (what the training loop calls per batch); default ``self.loss``.
+        """The training loss of ``model``: what the training loop calls per batch as ``loss(outputs, targets)``.
 
-        A task whose loss has tuned hyperparameters (a loss choice, class weights) gets them from the model,
-        which ``build_model`` made from the hyperparameters, and returns a loss bound to them.
+        The task's one loss concept. A loss with tuned hyperparameters (a loss choice, class weights) gets them
+        from the model, which ``build_model`` made from the hyperparameters, and returns a loss bound to them.
         """
-        return self.loss
 
     @abstractmethod
     def val_metrics(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -178,20 +127,6 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: Any, out_dir: Path) -> Evaluation:
         """Test-split metrics, plots and explanation images."""
-
-    def calibrate(self, model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: Any) -> ModelSpec:
-        """Spec with serving-time settings derived from held-out data (e.g. an alarm threshold).
-
-        Called after training, before the model is saved; the default changes nothing.
-        """
-        return spec
-
-    def compare(self, tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:
-        """Figures across arms from each arm's evaluation tables (e.g. all ROC curves in one plot).
-
-        ``tables`` maps arm -> that arm's ``Evaluation.tables``; the default draws nothing.
-        """
-        return {}
 
     @abstractmethod
     def example_input(self, prepared_dir: Path) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mlops.inference import load_predictor
-from mlops.training.model_files import SPEC, WEIGHTS
+from mlops.inference.model_files import SPEC, WEIGHTS
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 

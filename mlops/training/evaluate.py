@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mlops.config import Params
+from mlops.params import Params
 from mlops.settings import Settings
-from mlops.tasks import get_task
+from mlops.tasks import capabilities, get_task, load_model_dir
 from mlops.tracking.runs import connect
 from mlops.training.final import arm_dirs, selected_arm_dir, train_run_for
-from mlops.training.model_files import load_model_dir
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -63,7 +62,7 @@ def evaluate_model(
             for name in evaluation.tables:
                 mlflow.log_artifact(str(tables_dir / f"{name}-{arm}.csv"), "evaluation")
 
-    figures = task.compare(arm_tables, out_dir / "comparison") if len(arm_tables) > 1 else {}
+    figures = capabilities.compare(task, arm_tables, out_dir / "comparison") if len(arm_tables) > 1 else {}
     comparison = pd.DataFrame(per_arm).T.rename_axis("arm").reset_index()
     comparison.to_csv(tables_dir / "comparison.csv", index=False)
     selected = selected_arm_dir(model_dir).name

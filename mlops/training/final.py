@@ -15,15 +15,16 @@ from pathlib import Path
 import pandas as pd
 from rich.progress import Progress, TextColumn
 
-from mlops.config import Experiment, Params
+from mlops.config import Experiment
 from mlops.data.arrays import load_array
+from mlops.fit.loop import FitConfig, fit, seed_everything
+from mlops.inference.model_files import SPEC, WEIGHTS_TAG, save_model_dir, weights_digest
+from mlops.params import Params
 from mlops.settings import Settings
-from mlops.tasks import get_task
+from mlops.tasks import capabilities, get_task
 from mlops.tracking.lineage import TAG, lineage_tags
 from mlops.tracking.log_model import log_pyfunc
 from mlops.tracking.runs import connect, experiment_id, log_dataset
-from mlops.training.loop import FitConfig, fit, seed_everything
-from mlops.training.model_files import SPEC, WEIGHTS_TAG, save_model_dir, weights_digest
 from mlops.tuning.space import monitored_metric
 from mlops.tuning.sweep import read_sweeps
 
@@ -187,7 +188,7 @@ def _train_arm(
             )
         checkpoint.unlink(missing_ok=True)
         mlflow.log_metrics({f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch})
-        spec = task.calibrate(model, spec, prepared_dir, tp)
+        spec = capabilities.calibrate(task, model, spec, prepared_dir, tp)
         arm_dir = out_dir / arm
         save_model_dir(arm_dir, model, spec)
         info = log_pyfunc(arm_dir, task.example_input(prepared_dir))

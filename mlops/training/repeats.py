@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.config import CategoricalParam, ConfigError, Experiment, FloatParam, Params, check_in_space
+from mlops.config import CategoricalParam, ConfigError, Experiment, FloatParam, check_in_space
+from mlops.params import Params
 
 RUNS_FILE, SUMMARY_FILE, FIGURE_FILE = "runs.csv", "summary.json", "repeats.png"
 
@@ -110,8 +111,8 @@ def run_job(job: Job, task_name: str, section: Any, monitor: str, direction: str
     by the caller, so editing params.yaml mid-run changes nothing); its test metrics (a process-pool worker)."""
     import torch
 
+    from mlops.fit.loop import FitConfig, fit, seed_everything
     from mlops.tasks import get_task
-    from mlops.training.loop import FitConfig, fit, seed_everything
 
     torch.set_num_threads(1)  # one thread per worker: workers run side by side
     task, tp, prepared = get_task(task_name), section, Path(prepared_dir)

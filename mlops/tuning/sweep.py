@@ -23,12 +23,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mlops.config import Experiment, Params, experiment_digest
+from mlops.config import Experiment, experiment_digest
+from mlops.fit.loop import FitConfig, fit, seed_everything
+from mlops.params import Params
 from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
 from mlops.tracking.runs import connect, experiment_id
-from mlops.training.loop import FitConfig, fit, seed_everything
 from mlops.tuning.generations import YIELDED, GenerationPruner, GenerationSampler, Ledger, logical_table
 from mlops.tuning.space import make_pruner, make_sampler, monitored_metric, suggest
 from mlops.tuning.storage import is_server_database, make_storage, retried_trial_number, retry_callback, retry_history
@@ -332,8 +333,9 @@ def worker_main(job: SweepJob, worker_index: int, start_line=None) -> None:
     changes who runs what, never the results.
     """
 
-    from mlops.config import load_experiment, load_params
-    from mlops.training.loop import deterministic_torch
+    from mlops.config import load_experiment
+    from mlops.fit.loop import deterministic_torch
+    from mlops.params import load_params
 
     deterministic_torch(threads=1)  # N workers on N cores: no oversubscription; the same numbers every run
     # ERROR, not WARNING: a trial given back to its generation (GenerationNotOpen) is logged as a failed trial by

@@ -9,15 +9,27 @@ version's and keeps its result per data version with a Data Docs page (``records
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from mlops.tasks import Task
+import pandas as pd
+
 from mlops.validation.columns import declared
 from mlops.validation.drift import drift_expectations
 from mlops.validation.profile import profile
 from mlops.validation.records import latest_accepted, save_record
+
+
+class Validatable(Protocol):
+    """What validation needs of a task (``mlops.tasks.Task`` has it; validation sits below the tasks)."""
+
+    name: str
+
+    def manifest(self, raw_dir: Path, params: Any) -> pd.DataFrame: ...
+
+    def expectations(self, params: Any) -> Iterable[Any]: ...
 
 
 class ValidationFailed(RuntimeError):
@@ -102,7 +114,7 @@ def _quiet_context():
     return context
 
 
-def validate_dataset(task: Task, raw_dir: Path, params: Any, history: Path | None = None) -> ValidationReport:
+def validate_dataset(task: Validatable, raw_dir: Path, params: Any, history: Path | None = None) -> ValidationReport:
     """Validate ``raw_dir`` with the task's suite. A missing layout is a failed report, not a crash.
 
     With ``history``: also bound the intensity distribution by the latest accepted version kept there
@@ -115,7 +127,7 @@ def validate_dataset(task: Task, raw_dir: Path, params: Any, history: Path | Non
         return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, [failure])
     version = folder_md5(raw_dir)
     try:
-        manifest = task.manifest(raw_dir)
+        manifest = task.manifest(raw_dir, params)
     except ValueError as exc:
         failure = Failure(str(exc), None, None, [], [])
         return ValidationReport(task.name, str(raw_dir), False, 1, 1, 0, [failure], data_version=version)

@@ -2,19 +2,27 @@
 
 The network standardises each image itself (zero mean, unit std), so the global gray level and
 contrast (SEM brightness/contrast knobs, different per microscope) cannot be used as a cue. It exposes
-``cam_layer`` (the last convolutional block) for Grad-CAM.
+``cam_layer`` (the last convolutional block) for Grad-CAM. The answer rule (the most likely failure mode, or
+"unknown" below the threshold) is here too: serving answers with it and evaluation reports it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
-from mlops.tasks.base import ModelRegistry
-from mlops.tasks.fracture.simulate import CLASSES
+from mlops.data.arrays import read_meta
+from mlops.tasks.base import ModelRegistry, ModelSpec
+from mlops.tasks.fracture.layout import CLASSES
 
 N_CLASSES = len(CLASSES)
 MODELS = ModelRegistry("fracture")
+#: the answer when the model is not confident enough in any failure mode
+UNKNOWN = "unknown"
 
 
 class Standardize(nn.Module):
@@ -69,6 +77,37 @@ def cnn(width: int = 16, depth: int = 4, dropout: float = 0.2) -> nn.Module:
     return FractureCNN(width=width, depth=depth, dropout=dropout)
 
 
+def decide(probs: np.ndarray, threshold: float) -> str:
+    """The answer for one probability vector: the most likely class, or "unknown" below ``threshold``."""
+    best = int(np.argmax(probs))
+    return CLASSES[best] if float(probs[best]) >= threshold else UNKNOWN
+
+
 def predicted_class_logit(logits: torch.Tensor) -> torch.Tensor:
     """Scalar per image whose Grad-CAM shows the evidence for the predicted failure mode."""
     return logits.gather(1, logits.argmax(dim=1, keepdim=True))[:, 0]
+
+
+def build(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) -> tuple[nn.Module, ModelSpec]:
+    """The model ``hparams['model']`` names and its spec.
+
+    The serving threshold travels with the weights (prepare copies it from params.input).
+    """
+    kwargs = {
+        "width": int(hparams["width"]),
+        "depth": int(hparams["depth"]),
+        "dropout": float(hparams["dropout"]),
+    }
+    meta = read_meta(prepared_dir)
+    spec = ModelSpec(
+        task="fracture",
+        model=str(hparams["model"]),
+        model_kwargs=kwargs,
+        inference_module=inference_module,
+        extra={
+            "input_size": meta["input_size"],
+            "unknown_threshold": meta["unknown_threshold"],
+            "classes": list(CLASSES),
+        },
+    )
+    return MODELS.build(spec.model, **kwargs), spec

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlops.tasks.fracture.model import UNKNOWN
+
 #: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
 PNG_METADATA = {"Software": None}
 
@@ -140,6 +142,6 @@ def out_of_domain(
         thumb.imshow(ood_gray[k], cmap="gray", vmin=0, vmax=1)
         thumb.axis("off")
         best = int(np.argmax(ood_probs[k]))
-        answer = classes[best] if ood_confidence[k] >= threshold else "unknown"
+        answer = classes[best] if ood_confidence[k] >= threshold else UNKNOWN
         thumb.set_title(f"{answer}\n({classes[best]} {ood_confidence[k]:.2f})", fontsize=7)
     return _save(fig, plt, out_dir / "out_of_domain.png")

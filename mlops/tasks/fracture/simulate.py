@@ -13,15 +13,13 @@ Every image then gets class-independent nuisances: scale, orientation, uneven il
 detector noise and, last, a random mean and contrast set *after* standardising the texture, so the
 global gray-level statistics (and the image size) carry no information about the class.
 
-Output layout (the same a user's real data uses, see the task module):
-    images/<image_id>.png, labels.csv (image_id, class, source, magnification)
+Output: the real-data layout of ``layout.py`` (PNG images and labels.csv).
 Images of one specimen (``source``) share the specimen's failure mode and imaging settings, which is
 why the split is by source.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,9 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-CLASSES = ("fatigue", "ductile_overload", "brittle_cleavage", "intergranular")
+from mlops.tasks.fracture.layout import CLASSES, IMAGES, write_labels
+from mlops.tasks.fracture.params import SimulateParams
+
 #: Nominal SEM magnifications; drawn independently of the class so the metadata cannot leak it.
 MAGNIFICATIONS = (500, 1000, 2000, 5000)
 #: Feature sizes are drawn in units of the model's 64-px input, so any simulated size looks alike.
@@ -226,7 +226,7 @@ def simulate_fractographs(
     Specimens cycle through the classes (balanced); each specimen's images share its imaging settings.
     """
     rng = np.random.default_rng(seed)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
     rows = []
     for s in range(n_specimens):
         kind = CLASSES[s % len(CLASSES)]
@@ -248,14 +248,28 @@ def simulate_fractographs(
                 scale=imaging.scale * rng.uniform(0.85, 1.15),
             )
             image_id = f"fr{s:04d}_{k:02d}"
-            Image.fromarray(render(rng, kind, size, shot)).save(out_dir / "images" / f"{image_id}.png")
+            Image.fromarray(render(rng, kind, size, shot)).save(out_dir / IMAGES / f"{image_id}.png")
             rows.append((image_id, kind, f"specimen{s:04d}", int(rng.choice(MAGNIFICATIONS))))
             progress(1)
-    with (out_dir / "labels.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image_id", "class", "source", "magnification"])
-        writer.writerows(rows)
+    write_labels(out_dir, rows)
     return len(rows)
+
+
+def simulate(out_dir: Path, p: SimulateParams, seed: int, progress: Callable[[int], None]) -> int:
+    """The simulator with params.yaml's ``simulate`` section."""
+    return simulate_fractographs(
+        out_dir,
+        p.n_specimens,
+        p.images_per_specimen,
+        p.min_size,
+        p.max_size,
+        (p.mean_low, p.mean_high),
+        (p.contrast_low, p.contrast_high),
+        p.noise_std_max,
+        p.blur_sigma_max,
+        seed,
+        progress,
+    )
 
 
 def outlier_image(rng: np.random.Generator, size: int) -> np.ndarray:

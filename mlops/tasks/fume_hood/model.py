@@ -5,12 +5,16 @@ Both expose ``cam_layer`` (the last convolutional block) for Grad-CAM.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
-from mlops.tasks.base import ModelRegistry
+from mlops.data.arrays import read_meta
+from mlops.tasks.base import ModelRegistry, ModelSpec
+from mlops.tasks.fume_hood.layout import N_LEVELS
 
-N_LEVELS = 5  # ratings 1..5
 MODELS = ModelRegistry("fume_hood")
 
 
@@ -88,3 +92,17 @@ def lowering_evidence(logits: torch.Tensor) -> torch.Tensor:
     """Scalar per photo whose Grad-CAM shows what lowered the rating: minus the expected rating."""
     levels = torch.arange(1, logits.shape[1] + 1, dtype=logits.dtype, device=logits.device)
     return -(logits.softmax(dim=1) * levels).sum(dim=1)
+
+
+def build(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) -> tuple[nn.Module, ModelSpec]:
+    """The model ``hparams['model']`` names and its spec (the input size comes from the prepared data)."""
+    kwargs = {"width": int(hparams["width"]), "dropout": float(hparams["dropout"])}
+    meta = read_meta(prepared_dir)
+    spec = ModelSpec(
+        task="fume_hood",
+        model=str(hparams["model"]),
+        model_kwargs=kwargs,
+        inference_module=inference_module,
+        extra={"input_width": meta["input_width"], "input_height": meta["input_height"]},
+    )
+    return MODELS.build(spec.model, **kwargs), spec

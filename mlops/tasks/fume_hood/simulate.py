@@ -7,19 +7,20 @@ and how close they stand to the front edge (the checklist items experts use). Th
 quantised to 1-5 with rater noise. Every object lowered the score, so the union of object masks is the
 "cause mask" a Grad-CAM pointing game is scored against.
 
-Output layout (the same a user's real photos use, see README "Real data: fume_hood"):
-    images/<photo_id>.jpg, labels.csv (photo_id, lab_id, rating), masks/<photo_id>.png (simulator only)
+Output: the real-data layout of ``layout.py`` (JPEG photos, labels.csv, and a cause mask per photo).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mlops.tasks.fume_hood.layout import IMAGES, MASKS, write_labels
+from mlops.tasks.fume_hood.params import SimulateParams
 
 # Scene geometry as fractions of the photo, so any simulated size keeps the same layout.
 SASH_BOTTOM = 0.09
@@ -117,8 +118,8 @@ def simulate_photos(
 ) -> int:
     """Write ``n_photos`` photos from ``n_labs`` labs; deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / IMAGES).mkdir(parents=True, exist_ok=True)
+    (out_dir / MASKS).mkdir(parents=True, exist_ok=True)
     # Labs differ in tidiness, so photos of one lab are correlated (why the split is by lab).
     lab_clutter = rng.uniform(0.0, 4.5, size=n_labs)
     rows = []
@@ -129,12 +130,14 @@ def simulate_photos(
         score = latent_score(objects, width, height) + rng.normal(0, rater_noise)
         rating = int(np.clip(np.rint(score), 1, 5))
         photo_id = f"fh{i:05d}"
-        Image.fromarray(render(rng, objects, width, height)).save(out_dir / "images" / f"{photo_id}.jpg", quality=90)
-        Image.fromarray(cause_mask(objects, width, height)).save(out_dir / "masks" / f"{photo_id}.png")
+        Image.fromarray(render(rng, objects, width, height)).save(out_dir / IMAGES / f"{photo_id}.jpg", quality=90)
+        Image.fromarray(cause_mask(objects, width, height)).save(out_dir / MASKS / f"{photo_id}.png")
         rows.append((photo_id, f"lab{lab:03d}", rating))
         progress(1)
-    with (out_dir / "labels.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["photo_id", "lab_id", "rating"])
-        writer.writerows(rows)
+    write_labels(out_dir, rows)
     return n_photos
+
+
+def simulate(out_dir: Path, p: SimulateParams, seed: int, progress: Callable[[int], None]) -> int:
+    """The simulator with params.yaml's ``simulate`` section."""
+    return simulate_photos(out_dir, p.n_photos, p.n_labs, p.width, p.height, p.rater_noise, seed, progress)

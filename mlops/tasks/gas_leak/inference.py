@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from mlops.inference.base import BadInput, Predictor
 from mlops.inference.images import heatmap_overlay_png
-from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, centre_crop, source_map, to_channels
+from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, source_map
+from mlops.tasks.gas_leak.preprocess import centre_crop, to_channels
 
 NPY_TYPES = ("application/octet-stream", "application/x-npy", "application/npy", "application/zip")
 NPY_MAGIC = b"\x93NUMPY"

@@ -1,6 +1,6 @@
 """The study's two 3-D CNNs in plain torch: one shared encoder, a numeric head and a heat-map head.
 
-Both models map a frame stack ``(N, 2, T, H, W)`` (see ``to_channels``) to one tensor per batch whose first
+Both models map a frame stack ``(N, 2, T, H, W)`` (see ``preprocess.to_channels``) to one tensor per batch whose first
 three columns are the decoded answer in physical units: source X, Y (pixels) and depth velocity Z (pix/s).
 The heat-map model appends its ``H * W`` map logits, so the task's loss can train the map while every
 consumer (validation metrics, evaluation, serving) reads the answer the same way. H and W must be
@@ -9,39 +9,18 @@ multiples of 8 (three 2x poolings) and T a multiple of 8 for the same reason in 
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlops.tasks.base import ModelRegistry
+from mlops.data.arrays import read_meta
+from mlops.tasks.base import ModelRegistry, ModelSpec
 
 N_ANSWER = 3  # x (px), y (px), z (pix/s)
 MODELS = ModelRegistry("gas_leak")
-
-
-def centre_crop(frames: np.ndarray, n_frames: int, start: int | None = None) -> np.ndarray:
-    """``n_frames`` consecutive frames of a (F, H, W) stack: the middle ones, or from ``start``."""
-    if frames.shape[0] < n_frames:
-        raise ValueError(f"need at least {n_frames} frames, got {frames.shape[0]}")
-    if start is None:
-        start = (frames.shape[0] - n_frames) // 2
-    return frames[start : start + n_frames]
-
-
-def to_channels(frames: np.ndarray) -> np.ndarray:
-    """(..., T, H, W) intensities -> (..., 2, T, H, W) float32 model input.
-
-    Channel 0 is the stack standardised per sequence (camera gain and offset drop out); channel 1 is the
-    temporal fluctuation (each pixel minus its mean over time), standardised on its own: static background
-    and pipes vanish from it and the flickering plume remains, as in the study's fluctuation images.
-    """
-    f = np.asarray(frames, dtype=np.float32)
-    axes = (-3, -2, -1)
-    level = (f - f.mean(axis=axes, keepdims=True)) / (f.std(axis=axes, keepdims=True) + 1e-6)
-    moving = f - f.mean(axis=-3, keepdims=True)
-    moving = moving / (moving.std(axis=axes, keepdims=True) + 1e-6)
-    return np.stack([level, moving], axis=-4).astype(np.float32)
 
 
 def _block3d(c_in: int, c_out: int) -> nn.Sequential:
@@ -206,3 +185,23 @@ def source_map(model: nn.Module, outputs: torch.Tensor) -> torch.Tensor | None:
     if outputs.shape[1] != N_ANSWER + h * w:
         return None
     return outputs[:, N_ANSWER:].softmax(dim=1).view(-1, h, w)
+
+
+def build_model(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) -> tuple[nn.Module, ModelSpec]:
+    """The model ``hparams['model']`` names, sized to the prepared frames, and the recipe serving rebuilds it from."""
+    meta = read_meta(prepared_dir)
+    kwargs = {
+        "frame_height": int(meta["height"]),
+        "frame_width": int(meta["width"]),
+        "z_scale": float(meta["z_scale"]),
+        "width": int(hparams["width"]),
+        "dropout": float(hparams["dropout"]),
+    }
+    spec = ModelSpec(
+        task=MODELS.task,
+        model=str(hparams["model"]),
+        model_kwargs=kwargs,
+        inference_module=inference_module,
+        extra={"frames": int(meta["frames"]), "height": int(meta["height"]), "width": int(meta["width"])},
+    )
+    return MODELS.build(spec.model, **kwargs), spec

@@ -20,14 +20,11 @@ Ground truth per sequence: the source pixel (X, Y) (also when hidden) and the de
 ``Z = w_z f / Z0``: the study reports depth flow in pix/s because metres per second on the image depend on
 the distance. Positive Z is away from the camera.
 
-Output layout (the same a user's real footage uses, see README "Real data: gas_leak"):
-    sequences/<seq_id>.npy   float32 array, frames x height x width, intensities about 0..1
-    labels.csv               seq_id, x, y, z, domain, occluded[, scene_id]
+It writes the real-data layout of ``layout.py`` (the same a user's real footage uses).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,67 +32,12 @@ from pathlib import Path
 import numpy as np
 from scipy.special import erf
 
-from mlops.config import Strict
+from mlops.tasks.gas_leak import layout
+from mlops.tasks.gas_leak.layout import DOMAINS
+from mlops.tasks.gas_leak.params import DomainSettings, Geometry, SimulateParams
 
-LABEL_COLUMNS = ("seq_id", "x", "y", "z", "domain", "occluded")
-DOMAINS = ("sim", "field")
 #: depth (m) below which puffs drifting towards the camera fade out (they would fill the whole view)
 NEAR_M = 1.0
-
-
-class Geometry(Strict):
-    """Camera and release settings shared by both domains."""
-
-    frames: int
-    height: int
-    width: int
-    fps: float
-    #: seconds of release before the first frame, so the plume is developed when recording starts
-    spin_up_s: float
-    #: focal length as a multiple of the image width (1.2 is a ~45 degree field of view)
-    focal_frac: float
-    depth_low: float
-    depth_high: float
-    #: the source lies at least this many pixels inside the frame
-    margin_px: float
-    puffs_per_frame: int
-    puff_sigma0_m: float
-    diffusivity_low: float
-    diffusivity_high: float
-    #: sequences that share one background and pipe layout (the split's groups)
-    seqs_per_scene: int
-
-
-class DomainSettings(Strict):
-    """What differs between simulated training footage and the held-out "field" footage."""
-
-    background_level_low: float
-    background_level_high: float
-    background_amplitude: float
-    background_waves: int
-    hot_spots: int
-    noise_std: float
-    fixed_pattern_std: float
-    jitter_px: float
-    #: horizontal wind speed (m/s); its heading is uniform, so it has a depth component of up to this much
-    wind_speed_low: float
-    wind_speed_high: float
-    #: largest vertical drift (m/s): buoyant gas rises, heavy vapour sinks
-    buoyancy_max: float
-    meander_std: float
-    meander_tau_s: float
-    pipes_low: int
-    pipes_high: int
-    pipe_width_low: float
-    pipe_width_high: float
-    #: largest tilt of a pipe from horizontal/vertical, degrees (90 = any direction)
-    pipe_tilt_deg: float
-    p_source_hidden: float
-    gas_contrast_low: float
-    gas_contrast_high: float
-    #: leak rate in column-density units per second (sets how dense the plume is)
-    emission_low: float
-    emission_high: float
 
 
 @dataclass(frozen=True)
@@ -307,7 +249,7 @@ def simulate_sequences(
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Write ``{domain: (settings, count)}`` sequences in the real-data layout; deterministic in ``seed``."""
-    (out_dir / "sequences").mkdir(parents=True, exist_ok=True)
+    (out_dir / layout.SEQUENCES).mkdir(parents=True, exist_ok=True)
     rows = []
     # One independent stream per domain, so changing the field count leaves the sim set unchanged.
     streams = np.random.SeedSequence(seed).spawn(len(DOMAINS))
@@ -319,13 +261,20 @@ def simulate_sequences(
         for seq_id, scene_id, frames, label in iter_domain(
             np.random.default_rng(stream), geom, settings, count, prefix
         ):
-            np.save(out_dir / "sequences" / f"{seq_id}.npy", frames, allow_pickle=False)
+            layout.write_sequence(out_dir, seq_id, frames)
             rows.append(
                 (seq_id, round(label.x, 3), round(label.y, 3), round(label.z, 4), name, int(label.occluded), scene_id)
             )
             progress(1)
-    with (out_dir / "labels.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*LABEL_COLUMNS, "scene_id"])
-        writer.writerows(rows)
+    layout.write_labels(out_dir, rows)
     return len(rows)
+
+
+def simulate(out_dir: Path, params: SimulateParams, seed: int, progress: Callable[[int], None]) -> int:
+    """Both domains of ``params`` (sim footage to train on, held-out field footage) into ``out_dir``."""
+    domains = {"sim": (params.sim, params.n_sim), "field": (params.field, params.n_field)}
+    return simulate_sequences(out_dir, params.geometry, domains, seed, progress)
+
+
+def simulated_samples(params: SimulateParams) -> int:
+    return params.n_sim + params.n_field

@@ -9,13 +9,14 @@ import numpy as np
 
 from mlops.tasks.base import BadUpload, Upload
 from mlops.tasks.gas_leak.inference import MAX_FRAMES
+from mlops.tasks.gas_leak.layout import SEQUENCES, sequence_files
 from mlops.tasks.upload_cases import empty, foreign_content_type, npy_bytes
 
 
 def _first_sequence(raw_dir: Path) -> Path:
-    sequences = sorted((raw_dir / "sequences").glob("*.npy"))
+    sequences = sequence_files(raw_dir)
     if not sequences:
-        raise FileNotFoundError(f"no sequence under {raw_dir / 'sequences'}")
+        raise FileNotFoundError(f"no sequence under {raw_dir / SEQUENCES}")
     return sequences[0]
 
 

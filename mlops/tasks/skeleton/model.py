@@ -4,7 +4,7 @@ maps and the frame-level AE and VAE baselines.
 Every model takes a batch of windows (B, T, 28, 28) (any dtype; binary maps) and returns ONE tensor, so
 the generic training loop can carry it: ``(B, S, 785)`` = per reconstructed frame its 784 reconstruction
 logits and, in the last column, the model's own regularisation cost in nats (the KL of its posterior to
-the prior; 0 for the AE). The loss is then model-agnostic: reconstruction + that column.
+the prior; 0 for the AE). The loss is then model-agnostic: reconstruction + that column (``metrics.negative_elbo``).
 
 - LSTM-VAE: S = T. With a latent per time step each row holds that step's KL; with one latent per window
   its KL sits in row 0 (the other rows hold 0). Either way the rows sum to the window's negative ELBO.
@@ -24,12 +24,13 @@ binary maps, averaged over its pixels and frames.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mlops.tasks.base import ModelRegistry
+from mlops.tasks.base import ModelRegistry, ModelSpec
 
 MAP_SIZE = 28
 PIXELS = MAP_SIZE * MAP_SIZE
@@ -212,26 +213,17 @@ def unpack(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return outputs[..., :PIXELS], outputs[..., PIXELS]
 
 
-def _reconstructed_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def reconstructed_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The frames a model reconstructed: the newest S of each target window, flattened to (B, S, 784)."""
     s = outputs.shape[1]
     return targets[:, -s:].reshape(len(targets), s, PIXELS).float()
-
-
-def negative_elbo(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Loss terms per reconstructed frame, averaged over the batch and frames: Bernoulli reconstruction
-    (nats summed over the map's pixels) and KL to the prior (0 for the AE)."""
-    recon, kl = unpack(outputs)
-    target = _reconstructed_targets(outputs, targets)
-    bce = F.binary_cross_entropy_with_logits(recon, target, reduction="none").sum(-1)
-    return {"loss": (bce + kl).mean(), "reconstruction": bce.mean(), "kl": kl.mean()}
 
 
 def window_scores(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Anomaly score per window (B,): squared error of reconstruction probabilities vs maps, averaged over
     the pixels of each reconstructed frame and then over the window's frames."""
     recon = torch.sigmoid(unpack(outputs)[0])
-    return (recon - _reconstructed_targets(outputs, targets)).pow(2).mean(-1).mean(-1)
+    return (recon - reconstructed_targets(outputs, targets)).pow(2).mean(-1).mean(-1)
 
 
 @torch.no_grad()
@@ -266,3 +258,30 @@ def score_windows(
     if not with_latents:
         return score, None
     return score, (np.concatenate(latents) if latents else np.zeros((0, 0), dtype=np.float32))
+
+
+def model_kwargs(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of model ``name`` taken from a hyperparameter set (a trial or the best params);
+    KeyError names a missing one."""
+    kwargs: dict[str, Any] = {"latent": int(hparams["latent"]), "width": int(hparams["width"])}
+    if name == "lstm_vae":
+        kwargs["hidden"] = int(hparams["hidden"])
+        kwargs["window_latent"] = bool(hparams["window_latent"])
+    if name in ("lstm_vae", "vae"):
+        kwargs["free_bits"] = float(hparams["free_bits"])
+    return kwargs
+
+
+def build_model(hparams: dict[str, Any], meta: dict[str, Any], inference_module: str) -> tuple[nn.Module, ModelSpec]:
+    """The model named by ``hparams['model']`` and its rebuild recipe, which carries the window length and the
+    map rendering of the prepared data (``meta``) so serving draws uploads the way training saw them."""
+    name = str(hparams["model"])
+    kwargs = model_kwargs(name, hparams)
+    spec = ModelSpec(
+        task=MODELS.task,
+        model=name,
+        model_kwargs=kwargs,
+        inference_module=inference_module,
+        extra={"window": int(meta["window"]), "map": meta["map"]},
+    )
+    return MODELS.build(name, **kwargs), spec

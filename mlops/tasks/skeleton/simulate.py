@@ -13,10 +13,8 @@ trash in front of the bin. Abnormal: the same with one hand, throwing trash, dig
 carrying while running. Training videos hold normal behaviour only; test videos interleave normal and
 abnormal segments, every abnormal action at least once when there is room.
 
-Output layout (the same as real data, see the README section "Real data: skeleton"):
-    videos.csv   video, split_role (train|test), person, n_frames, fps, width, height
-    spans.csv    video, start_frame, end_frame (inclusive), action: the anomalous spans
-    <video>/<video>_<frame:012d>_keypoints.json   one OpenPose file per frame
+Output: the real-data layout (``layout.py``; the README section "Real data: skeleton"), with every column
+of videos.csv a camera's recording has.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops.tasks.skeleton.layout import SPAN_COLUMNS, SPANS_FILE, VIDEO_HEADER, VIDEOS_FILE, frame_path
 from mlops.tasks.skeleton.preprocess import N_JOINTS
 
 NORMAL_ACTIONS = ("carry_chair", "carry_box", "cut_paper", "drop_trash")
@@ -465,11 +464,6 @@ def detect(
     return frames
 
 
-def frame_path(root: Path, video: str, frame: int) -> Path:
-    """Where OpenPose's ``--write_json`` puts one frame of one video (inside the video's folder)."""
-    return root / video / f"{video}_{frame:012d}_keypoints.json"
-
-
 def openpose_document(people: list[np.ndarray]) -> dict:
     """One frame as OpenPose 1.3+ writes it (body only)."""
     return {
@@ -542,12 +536,12 @@ def simulate_videos(
         spans += [(video, s, e - 1, a) for s, e, a in segments if a in ABNORMAL_ACTIONS]
         videos.append((video, role, f"p{number + 1:02d}", n_frames, fps, width, height))
         total += n_frames
-    with (out_dir / "videos.csv").open("w", newline="") as fh:
+    with (out_dir / VIDEOS_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["video", "split_role", "person", "n_frames", "fps", "width", "height"])
+        writer.writerow(VIDEO_HEADER)
         writer.writerows(videos)
-    with (out_dir / "spans.csv").open("w", newline="") as fh:
+    with (out_dir / SPANS_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["video", "start_frame", "end_frame", "action"])
+        writer.writerow(SPAN_COLUMNS)
         writer.writerows(spans)
     return total

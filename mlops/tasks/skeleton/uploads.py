@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import zipfile
@@ -12,15 +11,15 @@ import numpy as np
 
 from mlops.tasks.base import BadUpload, Upload
 from mlops.tasks.skeleton.inference import MAX_FRAMES
+from mlops.tasks.skeleton.layout import frame_files, read_videos
 from mlops.tasks.skeleton.model import MAP_SIZE
 from mlops.tasks.upload_cases import empty, foreign_content_type, npy_bytes
 
 
 def _first_video(raw_dir: Path) -> list[Path]:
     """The per-frame OpenPose files of the first video ``videos.csv`` lists, in frame order."""
-    with (raw_dir / "videos.csv").open(newline="") as fh:
-        video = next(csv.DictReader(fh))["video"]
-    frames = sorted((raw_dir / video).glob("*_keypoints.json"))
+    video = str(read_videos(raw_dir)["video"].iloc[0])
+    frames = [path for _, path in frame_files(raw_dir, video)]
     if not frames:
         raise FileNotFoundError(f"no *_keypoints.json under {raw_dir / video}")
     return frames

@@ -13,15 +13,17 @@ from PIL import Image
 
 from mlops.inference.base import BadInput, Predictor
 from mlops.tasks.ttubule.instances import InstanceSettings, instance_stats, split_instances
-from mlops.tasks.ttubule.model import MODELS, N_CLASSES, TTUBULE, probabilities, sliding_window
-from mlops.tasks.ttubule.normalize import PeakSettings, normalize_stack
+from mlops.tasks.ttubule.layout import N_CLASSES, TTUBULE
+from mlops.tasks.ttubule.layout import SCORED as CLASS_NAMES
+from mlops.tasks.ttubule.model import MODELS, predict_probabilities, probabilities, sliding_window
+from mlops.tasks.ttubule.normalize import normalize_stack
+from mlops.tasks.ttubule.preprocess import peak_settings
 
 STACK_TYPES = ("image/tiff", "application/octet-stream", "application/x-npy")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 NPY_MAGIC = b"\x93NUMPY"
 #: smallest slice side accepted (the normalisation needs a histogram, the U-Net some context)
 MIN_SIDE = 16
-CLASS_NAMES = {1: "mitochondria", 2: "myofibril", 3: "ttubule"}
 # Overlay colours and opacities per class: myofibrils faint (they are most of the image), T-tubules strong.
 COLOURS = {1: ((230, 40, 40), 0.45), 2: ((40, 200, 60), 0.22), 3: ((255, 230, 0), 0.85)}
 EXPECTED = "a uint8 slice (H, W) or stack (Z, H, W) as multi-page TIFF or .npy"
@@ -108,7 +110,7 @@ class TTubulePredictor(Predictor):
         self.model = model.eval()
         self.label_mode = model.label_mode
         self.P1, self.P2 = float(extra["P1"]), float(extra["P2"])
-        self.peaks = PeakSettings(float(extra["peak_smoothing"]), int(extra["peak_min_separation"]))
+        self.peaks = peak_settings(extra)
         self.tile = int(extra["infer_tile"])
         self.max_upload_voxels = int(extra["max_upload_voxels"])
         self.voxel_size_nm = tuple(float(v) for v in extra["voxel_size_nm"])
@@ -126,14 +128,6 @@ class TTubulePredictor(Predictor):
     def voxel_limit(self) -> int:
         """The smaller of the model's configured upload limit and the service's decoded-size limit."""
         return min(self.max_upload_voxels, int(self.max_pixels))
-
-    def probabilities(self, stack: np.ndarray) -> np.ndarray:
-        """(Z, n_classes + 1, H, W) probabilities of a normalised uint8 stack, by sliding window."""
-        out = []
-        for start in range(0, len(stack), 8):
-            x = torch.from_numpy(stack[start : start + 8].astype(np.float32) / 255.0)[:, None]
-            out.append(probabilities(sliding_window(self.model, x, self.tile)).numpy())
-        return np.concatenate(out)
 
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
         """(N, 1, H, W) normalised inputs in [0, 1] -> (N, n_classes + 1, H, W) class and boundary probabilities."""
@@ -164,7 +158,7 @@ class TTubulePredictor(Predictor):
     def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
         stack = decode_upload(data, content_type, self.voxel_limit)
         normalised, skipped = normalize_stack(stack, self.P1, self.P2, self.peaks)
-        probs = self.probabilities(normalised)
+        probs = predict_probabilities(self.model, normalised, self.tile)
         masks = self.masks(probs)
         tube_channel = TTUBULE if self.label_mode == "multi" else 0
         tubes = split_instances(probs[:, tube_channel], probs[:, -1], self.instances)

@@ -1,4 +1,4 @@
-"""A plain-torch 2-D U-Net with a boundary output, its losses, and seamless sliding-window inference.
+"""A plain-torch 2-D U-Net with a boundary output, how it is built, and seamless sliding-window inference.
 
 One network serves both of the study's arms:
 
@@ -6,38 +6,48 @@ One network serves both of the study's arms:
 - ``label_mode="single"``: one T-tubule-vs-rest logit + boundary logit.
 
 The loss is chosen per model (the tuned hyperparameters ``loss``, ``rare_weight``, ``boundary_weight``, kept
-as ``model.loss_config``); the task's ``criterion(model)`` hook binds it for the training loop. The label mode
-is read from the output's channel count.
+as ``model.loss_config`` with the loss constants of params.yaml that ``build_model`` adds); the task's
+``criterion(model)`` binds it for the training loop (``metrics.segmentation_loss``). The label mode is read from
+the output's channel count.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlops.tasks.base import ModelRegistry
+from mlops.data.arrays import read_meta
+from mlops.tasks.base import ModelRegistry, ModelSpec
+from mlops.tasks.ttubule.layout import CLASS_NAMES, N_CLASSES
+from mlops.tasks.ttubule.preprocess import model_input
 
-N_CLASSES = 4  # 0 background, 1 mitochondria, 2 myofibril, 3 T-tubule
-TTUBULE = 3
 LABEL_MODES = ("multi", "single")
 LOSSES = ("ce", "weighted_ce", "dice", "tversky", "focal")
 MODELS = ModelRegistry("ttubule")
 
 
+#: what params.yaml (ttubule.input, copied into the prepared data by prepare) sets for every model
+FIXED = ("depth", "focal_gamma", "tversky_alpha")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which loss and its weights: ``rare_weight`` weighs the T-tubule class (weighted_ce), the boundary
-    term is added with ``boundary_weight``."""
+    term is added with ``boundary_weight``. The focal exponent and the Tversky weight of false positives
+    (1 - alpha weighs false negatives: recall first) are params.yaml's; None where a loss does not use them
+    (a network rebuilt for serving, the plain loss of the validation metrics)."""
 
-    loss: str = "ce"
-    rare_weight: float = 10.0
-    boundary_weight: float = 0.5
-    focal_gamma: float = 2.0
-    tversky_alpha: float = 0.3  # weight of false positives; 1 - alpha weighs false negatives (recall first)
+    loss: str
+    rare_weight: float | None
+    boundary_weight: float
+    focal_gamma: float | None
+    tversky_alpha: float | None
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -60,9 +70,9 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        label_mode: str = "multi",
-        width: int = 16,
-        depth: int = 3,
+        label_mode: str,
+        width: int,
+        depth: int,
         dropout: float = 0.0,
         loss: str = "ce",
         rare_weight: float = 10.0,
@@ -76,7 +86,7 @@ class UNet(nn.Module):
         self.label_mode = label_mode
         self.depth = depth
         self.n_classes = N_CLASSES if label_mode == "multi" else 1
-        self.loss_config = LossConfig(loss, float(rare_weight), float(boundary_weight))
+        self.loss_config = LossConfig(loss, float(rare_weight), float(boundary_weight), None, None)
         widths = [width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList()
         c_in = 1
@@ -117,9 +127,9 @@ class UNet(nn.Module):
 
 @MODELS.register("unet")
 def unet(
-    label_mode: str = "multi",
-    width: int = 16,
-    depth: int = 3,
+    label_mode: str,
+    width: int,
+    depth: int,
     dropout: float = 0.0,
     loss: str = "ce",
     rare_weight: float = 10.0,
@@ -127,6 +137,46 @@ def unet(
 ) -> nn.Module:
     """The study's U-Net in either label mode (see ``UNet``)."""
     return UNet(label_mode, width, depth, dropout, loss, rare_weight, boundary_weight)
+
+
+def with_loss_constants(model: UNet, focal_gamma: float, tversky_alpha: float) -> UNet:
+    """``model`` with params.yaml's loss constants beside its tuned loss choice (``model.loss_config``)."""
+    model.loss_config = replace(model.loss_config, focal_gamma=focal_gamma, tversky_alpha=tversky_alpha)
+    return model
+
+
+def build_model(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) -> tuple[nn.Module, ModelSpec]:
+    """The U-Net of an arm's hyperparameters, at the depth and with the loss constants the prepared data carries
+    (params.yaml ttubule.input), and the recipe serving rebuilds it from (with the normalisation and class names).
+
+    The loss constants are not in the recipe: serving does not train.
+    """
+    fixed = sorted(set(hparams) & set(FIXED))
+    if fixed:
+        raise ValueError(f"{fixed} are set by params.yaml ttubule.input for every model, not by hyperparameters")
+    meta = read_meta(prepared_dir)
+    kwargs = {
+        "label_mode": str(hparams.get("label_mode", "multi")),
+        "width": int(hparams["width"]),
+        "depth": int(meta["depth"]),
+        "dropout": float(hparams.get("dropout", 0.0)),
+        "loss": str(hparams.get("loss", "ce")),
+        "rare_weight": float(hparams.get("rare_weight", 10.0)),
+        "boundary_weight": float(hparams.get("boundary_weight", 0.5)),
+    }
+    served = ("P1", "P2", "peak_smoothing", "peak_min_separation", "infer_tile", "max_upload_voxels")
+    extra = {k: meta[k] for k in served}
+    extra["voxel_size_nm"] = meta["voxel_size_nm"]
+    extra["class_names"] = {str(c): n for c, n in CLASS_NAMES.items()}
+    spec = ModelSpec(
+        task=MODELS.task,
+        model=str(hparams.get("model", "unet")),
+        model_kwargs=kwargs,
+        inference_module=inference_module,
+        extra=extra,
+    )
+    model = MODELS.build(spec.model, **kwargs)
+    return with_loss_constants(model, float(meta["focal_gamma"]), float(meta["tversky_alpha"])), spec
 
 
 def label_mode_of(outputs: torch.Tensor) -> str:
@@ -137,60 +187,6 @@ def label_mode_of(outputs: torch.Tensor) -> str:
     if channels == 2:
         return "single"
     raise ValueError(f"outputs have {channels} channels; expected {N_CLASSES + 1} (multi) or 2 (single)")
-
-
-def _soft_overlap(prob: torch.Tensor, target: torch.Tensor, alpha: float, eps: float = 1.0) -> torch.Tensor:
-    """Tversky index per channel over the batch (alpha = 0.5 is Dice); prob/target (N, C, H, W)."""
-    dims = (0, 2, 3)
-    tp = (prob * target).sum(dims)
-    fp = (prob * (1 - target)).sum(dims)
-    fn = ((1 - prob) * target).sum(dims)
-    return (tp + eps) / (tp + alpha * fp + (1 - alpha) * fn + eps)
-
-
-def segmentation_loss(outputs: torch.Tensor, targets: torch.Tensor, cfg: LossConfig | None = None) -> torch.Tensor:
-    """Class loss (per ``cfg.loss``) + ``boundary_weight`` x boundary BCE; targets (N, 2, H, W): label, boundary.
-
-    The boundary target holds the contours of every instance (mitochondria and T-tubules); single-label
-    learns those of the T-tubules only, so no mitochondrion information reaches it through the boundary output.
-    """
-    cfg = cfg or LossConfig()
-    labels = targets[:, 0].long()
-    boundary = targets[:, 1].float()
-    class_logits = outputs[:, :-1]
-    if label_mode_of(outputs) == "multi":
-        weight = None
-        if cfg.loss == "weighted_ce":
-            weight = torch.ones(N_CLASSES, device=outputs.device)
-            weight[TTUBULE] = cfg.rare_weight
-        ce = F.cross_entropy(class_logits, labels, weight=weight, reduction="none")
-        if cfg.loss == "focal":
-            pt = torch.exp(-F.cross_entropy(class_logits, labels, reduction="none"))
-            ce = (1 - pt) ** cfg.focal_gamma * ce
-        class_loss = ce.mean() if weight is None else ce.sum() / weight[labels].sum()
-        if cfg.loss in ("dice", "tversky"):
-            prob = class_logits.softmax(dim=1)[:, 1:]
-            onehot = F.one_hot(labels, N_CLASSES).permute(0, 3, 1, 2).float()[:, 1:]
-            alpha = 0.5 if cfg.loss == "dice" else cfg.tversky_alpha
-            class_loss = class_loss + (1 - _soft_overlap(prob, onehot, alpha)).mean()
-    else:
-        logit = class_logits[:, 0]
-        target = (labels == TTUBULE).float()
-        # Single-label knows T-tubules only: its boundary target is their contours, not the mitochondria's too.
-        boundary = boundary * target
-        pos_weight = torch.tensor(cfg.rare_weight, device=outputs.device) if cfg.loss == "weighted_ce" else None
-        bce = F.binary_cross_entropy_with_logits(logit, target, pos_weight=pos_weight, reduction="none")
-        if cfg.loss == "focal":
-            p = torch.sigmoid(logit)
-            pt = p * target + (1 - p) * (1 - target)
-            bce = (1 - pt) ** cfg.focal_gamma * bce
-        class_loss = bce.mean()
-        if cfg.loss in ("dice", "tversky"):
-            alpha = 0.5 if cfg.loss == "dice" else cfg.tversky_alpha
-            overlap = _soft_overlap(torch.sigmoid(logit)[:, None], target[:, None], alpha)
-            class_loss = class_loss + (1 - overlap).mean()
-    boundary_loss = F.binary_cross_entropy_with_logits(outputs[:, -1], boundary)
-    return class_loss + cfg.boundary_weight * boundary_loss
 
 
 def probabilities(outputs: torch.Tensor) -> torch.Tensor:
@@ -269,3 +265,14 @@ def predict_whole(model: UNet, x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     with torch.no_grad():
         return model(_pad_to_multiple(x, model.multiple))[:, :, :h, :w]
+
+
+def predict_probabilities(model: UNet, slices: np.ndarray, tile: int) -> np.ndarray:
+    """(N, n_classes + 1, H, W) probabilities of normalised uint8 slices (N, H, W), by sliding window, 8 at a time.
+
+    What evaluation, calibration and the served predictor all decide on.
+    """
+    out = []
+    for start in range(0, len(slices), 8):
+        out.append(probabilities(sliding_window(model, model_input(slices[start : start + 8]), tile)).numpy())
+    return np.concatenate(out)

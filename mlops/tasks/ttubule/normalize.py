@@ -21,17 +21,20 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class PeakSettings:
-    """How peaks are found: histogram smoothing (gray levels) and the least gap between the two peaks."""
+    """How peaks are found: histogram smoothing (gray levels) and the least gap between the two peaks.
 
-    smoothing: float = 3.0
-    min_separation: int = 25
+    params.yaml ttubule.input.peak_smoothing and peak_min_separation; prepare stores them with the model.
+    """
+
+    smoothing: float
+    min_separation: int
 
 
 class PeakError(ValueError):
     """A slice's histogram does not show two peaks (blank, saturated or not a muscle image)."""
 
 
-def histogram_peaks(image: np.ndarray, settings: PeakSettings = PeakSettings()) -> tuple[float, float]:
+def histogram_peaks(image: np.ndarray, settings: PeakSettings) -> tuple[float, float]:
     """(p1, p2): the mitochondria and myofibril peaks of an 8-bit slice's histogram.
 
     The two highest local maxima of the smoothed histogram at least ``min_separation`` gray levels apart,
@@ -70,7 +73,7 @@ def normalize_stack(
     stack: np.ndarray,
     P1: float,  # noqa: N803
     P2: float,  # noqa: N803
-    settings: PeakSettings = PeakSettings(),
+    settings: PeakSettings,
 ) -> tuple[np.ndarray, int]:
     """Normalise every slice of a (Z, Y, X) stack; returns (uint8 stack, number of slices left unchanged).
 
@@ -88,7 +91,7 @@ def normalize_stack(
     return out, skipped
 
 
-def mean_peaks(stacks: list[np.ndarray], settings: PeakSettings = PeakSettings()) -> tuple[float, float]:
+def mean_peaks(stacks: list[np.ndarray], settings: PeakSettings) -> tuple[float, float]:
     """(P1, P2): the mean mitochondria and myofibril peaks over every slice of the training stacks."""
     peaks = []
     for stack in stacks:

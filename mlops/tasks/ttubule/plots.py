@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 
 from mlops.tasks.ttubule.inference import class_overlay
+from mlops.tasks.ttubule.layout import TTUBULE
 
 #: PNG text chunks: none (matplotlib writes its version by default); an image depends on its figure only
 PNG_METADATA = {"Software": None}
-
-TTUBULE = 3
 
 
 def _figure():
@@ -144,3 +143,10 @@ def compare_arms(curves: dict[str, pd.DataFrame], out_dir: Path) -> Path:
     fig.savefig(path, dpi=100, metadata=PNG_METADATA)
     plt.close(fig)
     return path
+
+
+def compare(tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:
+    """The arms' T-tubule curves (F, precision, recall against the threshold) in one figure, from each arm's
+    evaluation tables; none when no arm has its ``threshold_curves``."""
+    curves = {arm: t["threshold_curves"] for arm, t in tables.items() if "threshold_curves" in t}
+    return {"ttubule_arms.png": compare_arms(curves, out_dir)} if curves else {}

@@ -29,16 +29,11 @@ then an in-plane blur, a per-slice intensity drift (gain and offset, so normalis
 Labels: 0 background (cytosol, extracellular space), 1 mitochondrion, 2 myofibril, 3 T-tubule. Instances: one
 id per mitochondrion and per T-tubule (0 elsewhere), unique within a volume.
 
-Output layout (the same a user's real data uses, see README "Real data: ttubule"):
-    <volume_id>/image.tif      multi-page uint8 stack (Z, Y, X)
-    <volume_id>/labels.tif     uint8 stack of the same shape, values in {0, 1, 2, 3}
-    <volume_id>/meta.json      {"voxel_size_nm": {"z": .., "y": .., "x": ..}}
-    <volume_id>/instances.tif  optional uint16 instance ids (the simulator writes it)
+Output: the layout a user's real data uses (``layout.py``), with the optional uint16 ``instances.tif`` written.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +41,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mlops.config import Strict
-
-BACKGROUND, MITO, MYOFIBRIL, TTUBULE = 0, 1, 2, 3
-CLASS_NAMES = {BACKGROUND: "background", MITO: "mitochondria", MYOFIBRIL: "myofibril", TTUBULE: "ttubule"}
-IMAGE_FILE, LABELS_FILE, INSTANCES_FILE, META_FILE = "image.tif", "labels.tif", "instances.tif", "meta.json"
+from mlops.tasks.ttubule.layout import BACKGROUND, MITO, MYOFIBRIL, TTUBULE, write_volume
+from mlops.tasks.ttubule.params import SimSettings
 
 # Ideal gray levels before blur, drift and noise (SBEM contrast: stained membranes and proteins are dark).
 CYTOSOL, I_BAND, A_BAND, M_LINE, Z_LINE = 182.0, 158.0, 143.0, 152.0, 85.0
@@ -61,39 +53,6 @@ NEIGHBOUR, SARCOLEMMA = 165.0, 70.0
 #: membrane rim around tubes and vesicles (nm); length range of a transverse tubule (T-tubule or M-line SR)
 RIM_NM = 55.0
 TRANSVERSE_LENGTH_NM = (1000.0, 3000.0)
-
-
-class SimSettings(Strict):
-    """The simulator's knobs (params.yaml ttubule.simulate); lengths in nm unless named _px."""
-
-    n_volumes: int
-    slices: int
-    height: int
-    width: int
-    voxel_z_nm: float
-    voxel_xy_nm: float
-    sarcomere_nm: float
-    myofibril_nm: float
-    cleft_nm: float
-    mito_fraction: float
-    ttubule_fraction: float
-    tube_radius_low_nm: float
-    tube_radius_high_nm: float
-    thin_tube_share: float
-    thin_tube_radius_nm: float
-    # Look-alikes (labelled background): SR tubules and vesicles, as shares of the cell's voxels; the share
-    # of SR tubules that are transverse at M lines; the least distance of a look-alike to a Z line (nm).
-    sr_fraction: float
-    m_line_sr_share: float
-    vesicle_fraction: float
-    lookalike_zline_gap_nm: float
-    extracellular_probability: float
-    extracellular_share_low: float
-    extracellular_share_high: float
-    blur_px: float
-    dose: float
-    drift_gain: float
-    drift_offset: float
 
 
 @dataclass
@@ -483,19 +442,6 @@ def simulate_volume(rng: np.random.Generator, s: SimSettings) -> SimVolume:
     counts = rng.poisson(np.clip(image, 0, None) * s.dose)
     image = np.clip(np.rint(counts / s.dose), 0, 255).astype(np.uint8)
     return SimVolume(image, labels, instances, (float(dz), float(dxy), float(dxy)), lookalikes, to_zline)
-
-
-def write_volume(folder: Path, image: np.ndarray, labels: np.ndarray, voxel_size_nm, instances=None) -> None:
-    """Write one volume in the real-data layout (uncompressed TIFF stacks + meta.json)."""
-    import tifffile
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(folder / IMAGE_FILE, image, photometric="minisblack")
-    tifffile.imwrite(folder / LABELS_FILE, labels, photometric="minisblack")
-    if instances is not None:
-        tifffile.imwrite(folder / INSTANCES_FILE, instances, photometric="minisblack")
-    z, y, x = (float(v) for v in voxel_size_nm)
-    (folder / META_FILE).write_text(json.dumps({"voxel_size_nm": {"z": z, "y": y, "x": x}}, indent=2))
 
 
 def simulate_volumes(out_dir: Path, s: SimSettings, seed: int, progress: Callable[[int], None] = lambda _: None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mlops.tasks.base import BadUpload, Upload
-from mlops.tasks.ttubule.simulate import IMAGE_FILE
+from mlops.tasks.ttubule.layout import IMAGE_FILE
 from mlops.tasks.upload_cases import default_max_pixels, empty, foreign_content_type, npy_bytes
 
 
