@@ -48,7 +48,7 @@ def tiny_params(tasks: tuple[str, ...] = TASKS) -> dict:
 
 def tiny_experiment(task: str) -> dict:
     exp = yaml.safe_load((ROOT / "experiments" / f"{task}.yaml").read_text())
-    exp["budget"] = {"n_trials": 2, "epochs_per_trial": 2}  # per arm
+    exp["budget"] = {"n_trials": 2, "epochs_per_trial": 2, "generation_size": 2}  # per arm
     exp["sampler"] = {"type": "random"}
     return exp
 

@@ -145,7 +145,7 @@ def bench_tracking(quick: bool = False, data: SweepData | None = None) -> Sectio
     exp, exp_dir = experiment(
         data,
         "tracking",
-        budget={"n_trials": n_trials, "epochs_per_trial": epochs},
+        budget={"n_trials": n_trials, "epochs_per_trial": epochs, "generation_size": 2},
         sampler={"type": "random"},
         pruner={"type": "nop"},
         space=FIXED_COST_SPACE,
@@ -199,7 +199,7 @@ def bench_pruning(quick: bool = False, data: SweepData | None = None) -> Section
     section = Section("pruning", "4. Pruning: the same sampler and budget with and without the median pruner")
     data = data or _setup(quick)
     n_trials, epochs = (6, 4) if quick else (10, 5)
-    budget = {"n_trials": n_trials, "epochs_per_trial": epochs}
+    budget = {"n_trials": n_trials, "epochs_per_trial": epochs, "generation_size": 2}
     sampler = {"type": "tpe", "n_startup_trials": 3}
     base, base_dir = experiment(data, "unpruned", budget=budget, sampler=sampler, pruner={"type": "nop"})
     pruned, pruned_dir = experiment(
@@ -262,7 +262,7 @@ def bench_workers(quick: bool = False, data: SweepData | None = None) -> Section
     exp, exp_dir = experiment(
         data,
         "workers",
-        budget={"n_trials": n_trials, "epochs_per_trial": epochs},
+        budget={"n_trials": n_trials, "epochs_per_trial": epochs, "generation_size": 2},
         sampler={"type": "random"},
         pruner={"type": "nop"},
         space=FIXED_COST_SPACE,

@@ -48,19 +48,47 @@ class Budget(Strict):
     #: trials proposed together, each from the finished trials of earlier generations only (mlops/tuning/
     #: generations.py): the study is then the same for any number of workers. 0 = free-running (not reproducible
     #: with more than one worker).
-    generation_size: Annotated[int, Field(ge=0)] = 2
+    generation_size: Annotated[int, Field(ge=0)]
 
 
 class SamplerSpec(Strict):
+    """Optuna's sampler. Its knobs have no defaults here: the experiment file states each one the sampler uses."""
+
     type: Literal["tpe", "random"]
-    n_startup_trials: Annotated[int, Field(ge=0)] = 10
+    #: tpe: trials sampled at random before TPE models the results (random takes none)
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _knobs_of_its_type(self) -> SamplerSpec:
+        _require_exactly(self, {"tpe": {"n_startup_trials"}, "random": set()}[self.type], {"n_startup_trials"})
+        return self
 
 
 class PrunerSpec(Strict):
+    """Optuna's pruner; as for the sampler, the experiment file states each knob its type uses."""
+
     type: Literal["median", "percentile", "nop"]
-    n_startup_trials: Annotated[int, Field(ge=0)] = 5
-    n_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    percentile: Annotated[float, Field(gt=0, lt=100)] = 50.0
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+    n_warmup_steps: Annotated[int, Field(ge=0)] | None = None
+    percentile: Annotated[float, Field(gt=0, lt=100)] | None = None
+
+    @model_validator(mode="after")
+    def _knobs_of_its_type(self) -> PrunerSpec:
+        steps = {"n_startup_trials", "n_warmup_steps"}
+        needed = {"median": steps, "percentile": steps | {"percentile"}, "nop": set()}[self.type]
+        _require_exactly(self, needed, steps | {"percentile"})
+        return self
+
+
+def _require_exactly(spec: BaseModel, needed: set[str], knobs: set[str]) -> None:
+    """ValueError unless ``spec`` sets each of ``needed`` and none of the other ``knobs`` (they would be ignored)."""
+    kind = spec.type
+    missing = sorted(k for k in needed if getattr(spec, k) is None)
+    if missing:
+        raise ValueError(f"type {kind} needs {missing}")
+    ignored = sorted(k for k in knobs - needed if getattr(spec, k) is not None)
+    if ignored:
+        raise ValueError(f"type {kind} takes no {ignored}: remove them")
 
 
 class FloatParam(Strict):

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: decoded-size limit of an uploaded image (decompression bombs): the service's default, and the predictors' own
+MAX_IMAGE_PIXELS = 4096 * 4096
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MLOPS_", env_file=".env", extra="ignore")
@@ -49,7 +52,7 @@ class Settings(BaseSettings):
     k8s_job_template: Path = Path("k8s/sweep/worker-job.yaml")
     # Serving
     max_upload_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     served_alias: str = "champion"
     #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).
     alias_poll_seconds: float = 10.0

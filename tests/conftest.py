@@ -176,7 +176,7 @@ def tiny_params() -> dict:
 
 def tiny_experiment() -> dict:
     exp = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
-    exp["budget"] = {"n_trials": 2, "epochs_per_trial": 2}  # per arm
+    exp["budget"] = {"n_trials": 2, "epochs_per_trial": 2, "generation_size": 2}  # per arm
     exp["sampler"] = {"type": "random"}
     return exp
 
@@ -417,13 +417,13 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     import mlflow
     from mlflow import MlflowClient
 
-    from mlops.inference.model_files import WEIGHTS_TAG, save_model_dir, weights_digest
+    from mlops.inference.model_files import save_model_dir, weights_digest
     from mlops.params import load_params
     from mlops.registry.register import register_model
     from mlops.registry.versions import CHAMPION
     from mlops.settings import Settings
     from mlops.tasks import get_task, load_model_dir
-    from mlops.tracking.lineage import TAG
+    from mlops.tracking.lineage import TAG, WEIGHTS_TAG
     from mlops.tracking.log_model import log_pyfunc
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.evaluate import evaluate_model

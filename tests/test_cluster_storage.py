@@ -211,7 +211,7 @@ def test_worker_pod_command_and_environment_run_for_real(cluster, project, mlflo
     from mlops.tuning.worker import main
 
     settings, secret = cluster
-    experiment = {**tiny_experiment(), "budget": {"n_trials": 3, "epochs_per_trial": 2}}
+    experiment = {**tiny_experiment(), "budget": {"n_trials": 3, "epochs_per_trial": 2, "generation_size": 2}}
     plan, exp, config_map, job = launch(project, settings, experiment)
     pod = job["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
@@ -291,7 +291,7 @@ def test_sweep_survives_workers_killed_mid_trial(cluster, project, mlflow_server
     n_trials, epochs, kills = 4, 4, 3
     experiment = {
         **tiny_experiment(),
-        "budget": {"n_trials": n_trials, "epochs_per_trial": epochs},
+        "budget": {"n_trials": n_trials, "epochs_per_trial": epochs, "generation_size": 2},
         "pruner": {"type": "nop"},
     }
     plan, exp, config_map, job = launch(project, settings, experiment)

@@ -108,3 +108,21 @@ def test_tasks_must_map_each_task_to_its_code_folder(tmp_path):
     data["tasks"] = ["fume_hood"]  # the list form dvc.yaml's foreach cannot give a code folder for
     with pytest.raises(ConfigError, match="tasks must map each task name to the folder of its code"):
         load_params(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "words"),
+    [
+        ({"type": "tpe"}, {"type": "nop"}, "type tpe needs \\['n_startup_trials'\\]"),
+        ({"type": "random", "n_startup_trials": 3}, {"type": "nop"}, "type random takes no \\['n_startup_trials'\\]"),
+        ({"type": "random"}, {"type": "median", "n_startup_trials": 1}, "type median needs \\['n_warmup_steps'\\]"),
+        ({"type": "random"}, {"type": "nop", "percentile": 40.0}, "type nop takes no \\['percentile'\\]"),
+    ],
+)
+def test_sampler_and_pruner_knobs_come_from_the_experiment_file(tmp_path, sampler, pruner, words):
+    """No knob has a default in code: each one a sampler or pruner uses is in the file, and none it ignores."""
+    data = yaml.safe_load((ROOT / "experiments" / "fume_hood.yaml").read_text())
+    data.update(sampler=sampler, pruner=pruner)
+    (tmp_path / "fume_hood.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=words):
+        load_experiment("fume_hood", tmp_path)

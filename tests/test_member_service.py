@@ -52,7 +52,7 @@ def fracture_params() -> dict:
 
 def fracture_experiment() -> dict:
     exp = yaml.safe_load((ROOT / "experiments" / "fracture.yaml").read_text())
-    exp["budget"] = {"n_trials": 1, "epochs_per_trial": 1}
+    exp["budget"] = {"n_trials": 1, "epochs_per_trial": 1, "generation_size": 2}
     exp["sampler"] = {"type": "random"}
     return exp
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlops.inference.model_files import WEIGHTS, WEIGHTS_TAG, save_model_dir, weights_digest
+from mlops.inference.model_files import WEIGHTS, save_model_dir, weights_digest
 from mlops.params import load_params
 from mlops.tasks import get_task
+from mlops.tracking.lineage import WEIGHTS_TAG
 from tests.conftest import tiny_params, write_params
 
 TASK = get_task("fume_hood")

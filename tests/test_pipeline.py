@@ -35,9 +35,9 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     import mlflow
     from mlflow import MlflowClient
 
-    from mlops.inference.model_files import WEIGHTS_TAG, weights_digest
+    from mlops.inference.model_files import weights_digest
     from mlops.settings import Settings
-    from mlops.tracking.lineage import dvc_hash
+    from mlops.tracking.lineage import WEIGHTS_TAG, dvc_hash
     from mlops.tracking.runs import connect
 
     monkeypatch.setenv("MLOPS_HOME", str(pipeline_repo["home"]))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mlops.inference.model_files import WEIGHTS_TAG
 from mlops.registry.history import new_event, verify_chain
 from mlops.registry.release import champion_stack
 from mlops.registry.reproduce import (
@@ -20,6 +19,7 @@ from mlops.registry.reproduce import (
     reproduce,
 )
 from mlops.settings import Settings
+from mlops.tracking.lineage import WEIGHTS_TAG
 from tests.conftest import BIN, process_log, register_altered_version, run, start_process, stop_process
 
 pytestmark = pytest.mark.integration

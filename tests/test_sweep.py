@@ -126,7 +126,7 @@ def test_rerun_resumes_the_same_study(sweep_setup):
     from mlops.tuning.sweep import run_sweep
 
     params, prepared, report, exp_dir, raw = sweep_setup
-    exp = write_experiment(exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1})
+    exp = write_experiment(exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1, "generation_size": 2})
     settings = Settings()
     args = ("fume_hood", params, exp, settings, prepared, raw, report)
     options = {"workers": 1, "experiments_dir": exp_dir, "show_progress": False, "arm": "custom_cnn"}
@@ -145,7 +145,9 @@ def test_start_with_is_tried_first_and_once(sweep_setup):
 
     params, prepared, report, exp_dir, raw = sweep_setup
     start = {"width": 32, "lr": 0.005}
-    exp = write_experiment(exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1}, start_with=[start])
+    exp = write_experiment(
+        exp_dir, budget={"n_trials": 2, "epochs_per_trial": 1, "generation_size": 2}, start_with=[start]
+    )
     settings = Settings()
     args = ("fume_hood", params, exp, settings, prepared, raw, report)
     options = {"workers": 1, "experiments_dir": exp_dir, "show_progress": False, "arm": "custom_cnn"}

@@ -34,6 +34,21 @@ class FitConfig:
     #: params' ``base.threads`` in the train stage
     threads: int = 1
 
+    @classmethod
+    def from_hparams(cls, hparams: dict, *, epochs: int, seed: int, monitor: str, mode: str, **rest) -> FitConfig:
+        """The fit of one hyperparameter configuration: ``lr`` and ``batch_size`` from it, and ``weight_decay``,
+        which a search space may leave out (then none). The one place a configuration becomes a fit."""
+        return cls(
+            epochs=epochs,
+            lr=float(hparams["lr"]),
+            batch_size=int(hparams["batch_size"]),
+            weight_decay=float(hparams.get("weight_decay", 0.0)),
+            seed=seed,
+            monitor=monitor,
+            mode=mode,
+            **rest,
+        )
+
 
 @dataclass
 class FitResult:

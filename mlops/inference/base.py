@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mlops.settings import MAX_IMAGE_PIXELS
+
 
 class BadInput(ValueError):
     """A client's input cannot be used; ``status`` is the HTTP status the service answers with."""
@@ -26,7 +28,7 @@ class Predictor(ABC):
     #: content types ``predict_upload`` accepts (checked by the service before calling it).
     accepted_content_types: tuple[str, ...] = ()
     #: decoded-size limit for uploaded images (decompression bombs); the service sets it from settings.
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     @abstractmethod
     def predict_array(self, batch: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mlops.inference.base import BadInput
+from mlops.settings import MAX_IMAGE_PIXELS
 
 # Magic bytes of the formats we accept; the declared content type must agree with them.
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
@@ -21,7 +22,7 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int = 4096 * 4096) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode PNG/JPEG bytes into an RGB image; BadInput (4xx) for empty, foreign, huge or corrupt files."""
     if not data:
         raise BadInput("empty upload: send a PNG or JPEG photo", status=400)

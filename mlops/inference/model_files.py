@@ -64,10 +64,6 @@ class ModelSpec:
         }
 
 
-#: MLflow tag (train run and model version) holding :func:`weights_digest` of the model's weights
-WEIGHTS_TAG = "mlops.weights_sha256"
-
-
 def weights_digest(model_dir: Path) -> str:
     """sha256 of the weights' tensors (names, dtypes, shapes, bytes in name order).
 

@@ -6,12 +6,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlops.inference.model_files import WEIGHTS_TAG
 from mlops.params import Params
 from mlops.registry.cards import model_card
 from mlops.registry.versions import CHALLENGER, client
 from mlops.settings import Settings
-from mlops.tracking.lineage import TAG
+from mlops.tracking.lineage import TAG, WEIGHTS_TAG
 from mlops.tracking.runs import connect
 from mlops.training.final import run_model_uri, selected_arm_dir, train_run_for
 

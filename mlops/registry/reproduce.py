@@ -29,9 +29,9 @@ import yaml
 
 from mlops.data.integrity import ACCEPTED_ENV
 from mlops.data.versions import DIR_SUFFIX, cache_dir, lock_md5, lock_stages, object_path, read_dir_object
-from mlops.inference.model_files import WEIGHTS_TAG, weights_digest
+from mlops.inference.model_files import weights_digest
 from mlops.settings import Settings
-from mlops.tracking.lineage import TAG
+from mlops.tracking.lineage import TAG, WEIGHTS_TAG
 
 #: Tags the outcome leaves on the version: match|mismatch, the rebuilt digest, when, and from which commit.
 REPRODUCED = f"{TAG}reproduced"

@@ -15,9 +15,9 @@ from typing import Any
 
 from mlops.inference import Predictor
 from mlops.settings import Settings
+from mlops.tracking.lineage import TAG
 
 log = logging.getLogger("mlops.serving")
-LINEAGE = "mlops."
 
 
 @dataclass
@@ -110,7 +110,7 @@ class ModelStore:
         predictor.max_pixels = self.settings.max_image_pixels
         with self._compute_lock:
             predictor.predict_array(predictor.warmup_input())
-        lineage = {k.removeprefix(LINEAGE): v for k, v in mv.tags.items() if k.startswith(LINEAGE)}
+        lineage = {k.removeprefix(TAG): v for k, v in mv.tags.items() if k.startswith(TAG)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)
 
     # --- watcher --------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from mlops.runtime import runtime_tags
 from mlops.validation import ValidationReport
 from mlops.validation.records import validated_at
 
-TAG = "mlops."  # every lineage tag starts with this prefix
+TAG = "mlops."  # every tag the platform writes (MLflow runs and versions, Optuna trials) starts with this prefix
+#: MLflow tag (train run and model version) holding ``inference.model_files.weights_digest`` of the model's weights
+WEIGHTS_TAG = f"{TAG}weights_sha256"
 
 
 def _git(*args: str) -> str | None:

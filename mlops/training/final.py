@@ -18,11 +18,11 @@ from rich.progress import Progress, TextColumn
 from mlops.config import Experiment
 from mlops.data.arrays import load_array
 from mlops.fit.loop import FitConfig, fit, seed_everything
-from mlops.inference.model_files import SPEC, WEIGHTS_TAG, save_model_dir, weights_digest
+from mlops.inference.model_files import SPEC, save_model_dir, weights_digest
 from mlops.params import Params
 from mlops.settings import Settings
 from mlops.tasks import capabilities, get_task
-from mlops.tracking.lineage import TAG, lineage_tags
+from mlops.tracking.lineage import TAG, WEIGHTS_TAG, lineage_tags
 from mlops.tracking.log_model import log_pyfunc
 from mlops.tracking.runs import connect, experiment_id, log_dataset
 from mlops.tuning.space import monitored_metric
@@ -157,11 +157,9 @@ def _train_arm(
         log_dataset(train_x, train_y, f"{task_name}-train", str(prepared_dir), prepared_md5, "training")
         seed_everything(params.base.seed)
         model, spec = task.build_model(hp, prepared_dir)
-        cfg = FitConfig(
+        cfg = FitConfig.from_hparams(
+            hp,
             epochs=tp.train.epochs,
-            lr=float(hp["lr"]),
-            batch_size=int(hp["batch_size"]),
-            weight_decay=float(hp.get("weight_decay", 0.0)),
             seed=params.base.seed,
             monitor=monitor,
             mode=mode,

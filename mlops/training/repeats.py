@@ -119,15 +119,8 @@ def run_job(job: Job, task_name: str, section: Any, monitor: str, direction: str
     started = time.perf_counter()
     seed_everything(job.seed)
     model, _ = task.build_model(job.hparams, prepared)
-    cfg = FitConfig(
-        epochs=tp.train.epochs,
-        lr=float(job.hparams["lr"]),
-        batch_size=int(job.hparams["batch_size"]),
-        weight_decay=float(job.hparams.get("weight_decay", 0.0)),
-        seed=job.seed,
-        monitor=monitor,
-        mode=direction,
-        patience=tp.train.patience,
+    cfg = FitConfig.from_hparams(
+        job.hparams, epochs=tp.train.epochs, seed=job.seed, monitor=monitor, mode=direction, patience=tp.train.patience
     )
     result = fit(task, model, task.dataset(prepared, "train"), task.dataset(prepared, "val"), cfg)
     train_seconds = time.perf_counter() - started

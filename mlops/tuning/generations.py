@@ -26,11 +26,12 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from mlops.tracking.lineage import TAG
 from mlops.tuning.storage import retried_trial_number, retry_history
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 #: system attribute of a trial that gave its turn back (its generation was not open yet)
-YIELDED = "mlops.yielded"
+YIELDED = f"{TAG}yielded"
 
 
 def trial_seed(study_seed: int, logical: int) -> int:

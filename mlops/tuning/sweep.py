@@ -39,7 +39,7 @@ FINISHED_NAMES = tuple(state.name for state in FINISHED)
 #: MLflow tag on every attempt's run of one trial: the number of its first attempt
 ROOT_TAG = "optuna.root_trial"
 #: MLflow tag: the trial's logical number (mlops/tuning/generations.py), the same in every run of the study
-LOGICAL_TAG = "mlops.trial"
+LOGICAL_TAG = f"{TAG}trial"
 #: seconds between looks at the storage while a worker waits for a generation to settle
 POLL_S = 0.5
 
@@ -233,14 +233,8 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
                 mlflow.log_params(hp)
             seed_everything(job.seed + number)  # initial weights follow the logical trial, not the worker's turn
             model, _ = task.build_model(hp, prepared)
-            cfg = FitConfig(
-                epochs=exp.budget.epochs_per_trial,
-                lr=float(hp["lr"]),
-                batch_size=int(hp["batch_size"]),
-                weight_decay=float(hp.get("weight_decay", 0.0)),
-                seed=job.seed + number,
-                monitor=monitor,
-                mode=mode,
+            cfg = FitConfig.from_hparams(
+                hp, epochs=exp.budget.epochs_per_trial, seed=job.seed + number, monitor=monitor, mode=mode
             )
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
