@@ -422,7 +422,7 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     from mlops.registry.register import register_model
     from mlops.registry.versions import CHAMPION
     from mlops.settings import Settings
-    from mlops.tasks import get_task, load_model_dir
+    from mlops.tasks import capabilities, get_task, load_model_dir
     from mlops.tracking.lineage import TAG, WEIGHTS_TAG
     from mlops.tracking.log_model import log_pyfunc
     from mlops.tracking.runs import connect, experiment_id
@@ -448,7 +448,7 @@ def register_altered_version(repo: Path, env: dict[str, str], task: str, seed: i
     params = load_params(repo / "params.yaml")
     t = get_task(task)
     prepared = repo / source.tags[f"{TAG}data.prepared_path"]
-    spec = t.calibrate(model, spec, prepared, params.task(task))
+    spec = capabilities.calibrate(t, model, spec, prepared, params.task(task))  # as the train stage does
     arm = source.tags[f"{TAG}arm"]
     models = work / "models"
     save_model_dir(models / arm, model, spec)
