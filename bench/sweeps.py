@@ -69,7 +69,7 @@ def sweep_data(work: Path, quick: bool) -> SweepData:
 
 def experiment(data: SweepData, name: str, **changes):
     """The repo's fume_hood experiment with ``changes``, written to its own folder and loaded strictly."""
-    from mlops.config import load_experiment
+    from mlops.params import load_experiment
 
     exp = yaml.safe_load((ROOT / "experiments" / f"{TASK}.yaml").read_text())
     space = changes.pop("space", {})

@@ -174,8 +174,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="kubernetes: print the Jobs, submit nothing")] = False,
 ) -> None:
     """Optuna sweep on local worker processes or Kubernetes Jobs; resumes the same study when rerun."""
-    from mlops.config import load_experiment
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
     from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
@@ -233,8 +232,7 @@ def train(
     experiments: ExperimentsOpt = Path("experiments"),
 ) -> None:
     """Train each arm's best configuration and log it (pyfunc + lineage) to MLflow."""
-    from mlops.config import load_experiment
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
     from mlops.training.final import train_best
     from mlops.validation import require_valid
 
@@ -292,8 +290,7 @@ def repeats(
     import mlflow
     from rich.progress import Progress, TextColumn
 
-    from mlops.config import load_experiment
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
     from mlops.tracking.lineage import TAG, dvc_hash, git_commit
     from mlops.tracking.runs import connect, experiment_id
     from mlops.training.repeats import parse_vary, plan_jobs, run_repeats

@@ -1,18 +1,14 @@
-"""The types of params.yaml and experiments/*.yaml, and the strict YAML loading they share.
+"""The types of params.yaml and experiments/*.yaml (``mlops.params`` reads the files into them).
 
-Values live only in those files; this module holds their types (``mlops.params`` reads the whole params.yaml, whose
-task sections are typed by the installed tasks). Every model forbids unknown keys
-and requires every key, so a typo or a missing knob is an error that names the key.
+Values live only in those files; this module holds their types, at the bottom of the layers. Every model forbids
+unknown keys and requires every key, so a typo or a missing knob is an error that names the key.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ConfigError(ValueError):
@@ -169,46 +165,6 @@ class Experiment(Strict):
             raise ConfigError(f"unknown arm {arm!r}; arms: {sorted(self.arms)}")
         fixed = self.arms[arm]
         return fixed, {k: v for k, v in self.search_space.items() if k not in fixed}
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run from the project root or pass --params.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    return data
-
-
-def _explain(path: Path, section: str, exc: ValidationError) -> ConfigError:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in (section, *err["loc"]) if p != "")
-        kind = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(err["type"], err["msg"])
-        lines.append(f"  {key}: {kind}")
-    return ConfigError(f"{path}:\n" + "\n".join(lines))
-
-
-def parse_section(model: type[BaseModel], data: Any, path: Path, section: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _explain(path, section, exc) from exc
-
-
-def load_experiment(task: str, directory: Path | str = "experiments") -> Experiment:
-    path = Path(directory) / f"{task}.yaml"
-    return parse_section(Experiment, read_yaml(path), path, "")
-
-
-def experiment_digest(exp: Experiment) -> str:
-    return hashlib.sha256(exp.model_dump_json().encode()).hexdigest()[:16]
 
 
 class Gates(Strict):

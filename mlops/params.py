@@ -1,4 +1,5 @@
-"""The whole params.yaml: the shared sections typed here, each listed task's section typed by that task.
+"""Reading the project's files: the whole params.yaml (shared sections typed in ``mlops.config``, each listed task's
+section typed by that task) and experiments/<task>.yaml, strictly (unknown or missing keys name the key).
 
 Above ``mlops.tasks`` (it asks the installed tasks for their ``Params``); ``mlops.config`` below holds the types.
 """
@@ -10,10 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlops.config import BaseParams, ConfigError, SweepParams, parse_section, read_yaml
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mlops.config import BaseParams, ConfigError, Experiment, SweepParams
 from mlops.tasks import UnknownTaskError, get_task
 
-__all__ = ["Params", "load_params"]
+__all__ = ["Params", "experiment_digest", "load_experiment", "load_params", "parse_section", "read_yaml"]
 
 
 class Params:
@@ -67,3 +71,40 @@ class Params:
 def load_params(path: Path | str = "params.yaml") -> Params:
     path = Path(path)
     return Params(path, read_yaml(path))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _explain(path: Path, section: str, exc: ValidationError) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in (section, *err["loc"]) if p != "")
+        kind = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(err["type"], err["msg"])
+        lines.append(f"  {key}: {kind}")
+    return ConfigError(f"{path}:\n" + "\n".join(lines))
+
+
+def parse_section(model: type[BaseModel], data: Any, path: Path, section: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, section, exc) from exc
+
+
+def load_experiment(task: str, directory: Path | str = "experiments") -> Experiment:
+    path = Path(directory) / f"{task}.yaml"
+    return parse_section(Experiment, read_yaml(path), path, "")
+
+
+def experiment_digest(exp: Experiment) -> str:
+    return hashlib.sha256(exp.model_dump_json().encode()).hexdigest()[:16]

@@ -26,8 +26,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from mlops.config import load_experiment
-from mlops.params import load_params
+from mlops.params import load_experiment, load_params
 from mlops.settings import Settings
 from mlops.tuning.generations import logical_table
 from mlops.tuning.kubernetes import ClusterSweepParams, _parent_run, load_template, plan_sweeps, render

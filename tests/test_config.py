@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.config import ConfigError, Gates, load_experiment
-from mlops.params import load_params
+from mlops.config import ConfigError, Gates
+from mlops.params import load_experiment, load_params
 from tests.conftest import ROOT, tiny_params
 
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import yaml
 
-from mlops.config import CategoricalParam, Experiment, load_experiment
-from mlops.params import load_params
+from mlops.config import CategoricalParam, Experiment
+from mlops.params import load_experiment, load_params
 from mlops.tasks import get_task, task_names
 from tests.conftest import ROOT, TINY, deep_update, env_for, issue_key, start_service, stop_process, write_params
 

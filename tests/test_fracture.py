@@ -15,10 +15,10 @@ import torch
 import yaml
 from PIL import Image
 
-from mlops.config import parse_section
 from mlops.data.arrays import load_array, read_meta
 from mlops.data.split import split_groups
 from mlops.inference.base import BadInput, load_predictor
+from mlops.params import parse_section
 from mlops.tasks import get_task
 from mlops.tasks.fracture.evaluate import ood_photo_paths
 from mlops.tasks.fracture.layout import CLASSES

@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from mlops.config import load_experiment, parse_section
 from mlops.data.arrays import load_array
 from mlops.inference import BadInput, load_predictor
 from mlops.inference.model_files import save_model_dir
+from mlops.params import load_experiment, parse_section
 from mlops.tasks import get_task
 from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, decode_peak
 from mlops.tasks.gas_leak.params import AugmentParams

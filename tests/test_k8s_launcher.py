@@ -29,8 +29,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlops.config import load_experiment
-from mlops.params import load_params
+from mlops.params import load_experiment, load_params
 from mlops.settings import Settings
 from mlops.tuning.kubernetes import (
     ClusterParams,

@@ -214,8 +214,7 @@ def test_secret_template_names_every_key_the_pods_read():
 @pytest.fixture()
 def arm_plans(tmp_path, tiny_raw, monkeypatch):
     """The arms' plans of a tiny fume_hood project, planned from its root as the CLI would."""
-    from mlops.config import load_experiment
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
     from mlops.tasks import get_task
     from mlops.validation import validate_dataset
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from mlops.config import load_experiment
 from mlops.data.arrays import load_array
 from mlops.fit.loop import FitConfig, fit
 from mlops.inference import BadInput
+from mlops.params import load_experiment
 from mlops.tasks import get_task
 from mlops.tasks.base import ModelSpec
 from mlops.tasks.capabilities import Calibrates, ComparesArms

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mlops.config import parse_section
+from mlops.params import parse_section
 from mlops.tasks import get_task
 from mlops.validation import validate_dataset
 from mlops.validation.records import DOCS, GX_RESULT, INDEX, REPORT, SAMPLES, version_dir

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mlops.config import load_experiment
-from mlops.params import load_params
+from mlops.params import load_experiment, load_params
 from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.validation import validate_dataset

@@ -13,14 +13,17 @@ from PIL import Image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def read_labels_table(raw_dir: Path, columns: tuple[str, ...], task: str, dtypes: dict[str, type]) -> pd.DataFrame:
-    """``raw_dir/labels.csv`` with ``columns`` first (validation names failing samples by the first column).
+def read_labels_table(
+    raw_dir: Path, columns: tuple[str, ...], task: str, dtypes: dict[str, type], name: str = "labels.csv"
+) -> pd.DataFrame:
+    """``raw_dir/<name>`` (a CSV table of the layout) with ``columns`` first (validation names failing samples by
+    the first column).
 
     ValueError naming the file and what is missing when the table or a column is absent.
     """
-    path = raw_dir / "labels.csv"
+    path = raw_dir / name
     if not path.is_file():
-        raise ValueError(f"{path} is missing: the {task} layout needs labels.csv with {columns}")
+        raise ValueError(f"{path} is missing: the {task} layout needs {name} with {columns}")
     table = pd.read_csv(path, dtype=dtypes)
     missing = [c for c in columns if c not in table.columns]
     if missing:

@@ -21,7 +21,7 @@ from PIL import Image
 from mlops.inference.base import Predictor
 from mlops.inference.gradcam import grad_cam
 from mlops.inference.images import IMAGE_TYPES, decode_image, heatmap_overlay_png
-from mlops.inference.model_files import ModelRegistry
+from mlops.inference.model_files import ModelRegistry, rebuild
 
 
 class ImageClassifier(Predictor):
@@ -71,6 +71,4 @@ def load_classifier(
     predictor: type[Classifier], models: ModelRegistry, weights_path: Path, spec: dict[str, Any]
 ) -> Classifier:
     """Rebuild ``predictor`` from a state_dict (read with ``weights_only=True``) and its JSON spec."""
-    model = models.build(spec["model"], **spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return predictor(model, spec)
+    return predictor(rebuild(models, weights_path, spec), spec)

@@ -95,7 +95,19 @@ def read_spec(model_dir: Path) -> ModelSpec:
     return ModelSpec(**json.loads(spec_path.read_text()))
 
 
+def read_state(weights_path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict, read with ``weights_only=True``: tensors only, no object is unpickled."""
+    return torch.load(weights_path, map_location="cpu", weights_only=True)
+
+
+def rebuild(models: ModelRegistry, weights_path: Path, spec: dict[str, Any]) -> nn.Module:
+    """The module ``spec`` names, built by the task's ``models`` with its constructor kwargs, holding the weights."""
+    model = models.build(spec["model"], **spec["model_kwargs"])
+    model.load_state_dict(read_state(weights_path))
+    return model
+
+
 def load_weights(model: nn.Module, model_dir: Path) -> nn.Module:
     """``model`` (built from the folder's spec) with the folder's weights, in eval mode."""
-    model.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(read_state(model_dir / WEIGHTS))
     return model.eval()

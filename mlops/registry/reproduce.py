@@ -420,12 +420,25 @@ def _check_params(lineage: Lineage, tree: Path, env: dict[str, str]) -> None:
     """The commit's params.yaml must hash (with the commit's code) to the version's params hash."""
     if not lineage.params_hash:
         return
-    code = f"from mlops.config import load_params; print(load_params('params.yaml').digest({lineage.task!r}))"
+    # load_params lives in mlops.params since the layering of issue 17, in mlops.config at earlier commits
+    code = "\n".join(
+        (
+            "try:",
+            "    from mlops.params import load_params",
+            "except ImportError:",
+            "    from mlops.config import load_params",
+            f"print(load_params('params.yaml').digest({lineage.task!r}))",
+        )
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     found = out.stdout.strip()
-    if out.returncode == 0 and found != lineage.params_hash:
+    if out.returncode != 0:
+        raise CannotReproduce(
+            f"could not read params.yaml at {lineage.commit[:12]} with that commit's code:\n{out.stderr}"
+        )
+    if found != lineage.params_hash:
         raise CannotReproduce(
             f"params.yaml at {lineage.commit[:12]} hashes to {found}, but {lineage.task} v{lineage.version} was "
             f"trained with params hash {lineage.params_hash}: the version's lineage does not describe that commit"

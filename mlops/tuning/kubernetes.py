@@ -30,8 +30,8 @@ from typing import Annotated, Any, TextIO
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from mlops.config import ConfigError, Experiment, Strict, parse_section
-from mlops.params import Params
+from mlops.config import ConfigError, Experiment, Strict
+from mlops.params import Params, parse_section
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG, lineage_tags
 from mlops.tuning.storage import is_server_database

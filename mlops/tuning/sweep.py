@@ -23,9 +23,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from mlops.config import Experiment, experiment_digest
+from mlops.config import Experiment
 from mlops.fit.loop import FitConfig, fit, seed_everything
-from mlops.params import Params
+from mlops.params import Params, experiment_digest
 from mlops.settings import Settings
 from mlops.tasks import get_task
 from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
@@ -327,9 +327,8 @@ def worker_main(job: SweepJob, worker_index: int, start_line=None) -> None:
     changes who runs what, never the results.
     """
 
-    from mlops.config import load_experiment
     from mlops.fit.loop import deterministic_torch
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
 
     deterministic_torch(threads=1)  # N workers on N cores: no oversubscription; the same numbers every run
     # ERROR, not WARNING: a trial given back to its generation (GenerationNotOpen) is logged as a failed trial by

@@ -70,8 +70,7 @@ def worker_index(environ: Mapping[str, str]) -> int:
 
 def create_study(job) -> None:
     """Check the job's config and data, and create its study if it is missing (idempotent)."""
-    from mlops.config import load_experiment
-    from mlops.params import load_params
+    from mlops.params import load_experiment, load_params
     from mlops.settings import Settings
     from mlops.tuning.sweep import enqueue_start, open_study
 

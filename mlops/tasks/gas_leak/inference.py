@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from mlops.inference.base import BadInput, Predictor
 from mlops.inference.images import heatmap_overlay_png
+from mlops.inference.model_files import rebuild
 from mlops.tasks.gas_leak.model import MODELS, N_ANSWER, source_map
 from mlops.tasks.gas_leak.preprocess import centre_crop, to_channels
 
@@ -155,6 +156,4 @@ class GasLeakPredictor(Predictor):
 
 
 def load(weights_path: Path, spec: dict[str, Any]) -> GasLeakPredictor:
-    model = MODELS.build(spec["model"], **spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return GasLeakPredictor(model, spec)
+    return GasLeakPredictor(rebuild(MODELS, weights_path, spec), spec)

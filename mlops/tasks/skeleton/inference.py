@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mlops.inference.base import BadInput, Predictor
+from mlops.inference.model_files import rebuild
 from mlops.tasks.skeleton import plots
 from mlops.tasks.skeleton.model import MAP_SIZE, MODELS, score_batch, score_windows
 from mlops.tasks.skeleton.preprocess import KeypointError, MapSpec, frames_to_maps, parse_openpose_frame
@@ -208,6 +209,4 @@ class SkeletonPredictor(Predictor):
 
 def load(weights_path: Path, spec: dict[str, Any]) -> SkeletonPredictor:
     """Rebuild the model from its spec and state_dict (read with ``weights_only=True``) for serving."""
-    model = MODELS.build(spec["model"], **spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return SkeletonPredictor(model, spec)
+    return SkeletonPredictor(rebuild(MODELS, weights_path, spec), spec)

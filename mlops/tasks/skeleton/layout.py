@@ -8,7 +8,7 @@ else reads.
     <video>/<video>_<frame:012d>_keypoints.json   one OpenPose (BODY_25) ``--write_json`` file per frame
 
 A frame is identified as ``<video>:<frame>``; frames outside every span are normal (action 'normal').
-``read_labels_table`` (``mlops.data.layout``) reads only ``labels.csv``, so the two tables are read here.
+Both tables are read with the platform's one table reader (``mlops.data.layout.read_labels_table``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlops.data.layout import read_labels_table
 from mlops.tasks.skeleton.preprocess import KeypointError, read_frame_file
 
 VIDEOS_FILE, SPANS_FILE = "videos.csv", "spans.csv"
@@ -37,24 +38,14 @@ def frame_path(root: Path, video: str, frame: int) -> Path:
     return root / video / f"{video}_{frame:012d}_keypoints.json"
 
 
-def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: the skeleton layout needs {path.name} with columns {columns}")
-    table = pd.read_csv(path, dtype={"video": str})
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; expected {columns}")
-    return table
-
-
 def read_videos(raw_dir: Path) -> pd.DataFrame:
     """videos.csv: one row per video with its split_role (train = normal behaviour only, test)."""
-    return _read_table(raw_dir / VIDEOS_FILE, VIDEO_COLUMNS)
+    return read_labels_table(raw_dir, VIDEO_COLUMNS, "skeleton", {"video": str}, VIDEOS_FILE)
 
 
 def read_spans(raw_dir: Path) -> pd.DataFrame:
     """spans.csv: the anomalous frame spans (end_frame inclusive) with their action; may have no rows."""
-    return _read_table(raw_dir / SPANS_FILE, SPAN_COLUMNS)
+    return read_labels_table(raw_dir, SPAN_COLUMNS, "skeleton", {"video": str}, SPANS_FILE)
 
 
 def videos_of_role(videos: pd.DataFrame, role: str) -> list[str]:

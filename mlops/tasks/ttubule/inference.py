@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mlops.inference.base import BadInput, Predictor
+from mlops.inference.model_files import rebuild
 from mlops.tasks.ttubule.instances import InstanceSettings, instance_stats, split_instances
 from mlops.tasks.ttubule.layout import N_CLASSES, TTUBULE
 from mlops.tasks.ttubule.layout import SCORED as CLASS_NAMES
@@ -196,6 +197,4 @@ class TTubulePredictor(Predictor):
 
 def load(weights_path: Path, spec: dict[str, Any]) -> TTubulePredictor:
     """Rebuild the U-Net from its spec and a state_dict read with ``weights_only=True``."""
-    model = MODELS.build(spec["model"], **spec["model_kwargs"])
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return TTubulePredictor(model, spec)
+    return TTubulePredictor(rebuild(MODELS, weights_path, spec), spec)
