@@ -38,7 +38,9 @@ else
 fi
 dvc push -q || echo "warning: dvc push to $remote failed"
 
-for task in $(python -c "from mlops.config import load_params; print(' '.join(load_params().tasks))"); do
+# (an assignment, not a for-list: a failing command substitution stops the script here, under set -e)
+tasks=$(python -c "from mlops.params import load_params; print(' '.join(load_params().tasks))")
+for task in $tasks; do
   mlops registry promote "$task" challenger --if-no-champion \
     --approver main-job --reason "first champion, promoted by run.sh" \
     || echo "!! $task: no champion promoted (see the gate failures above); the pipeline results stand"
