@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ def read_labels_table(
     if missing:
         raise ValueError(f"{path} lacks column(s) {missing}; expected {columns}")
     return table[[*columns, *(c for c in table.columns if c not in columns)]]
+
+
+def write_labels_table(raw_dir: Path, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """``raw_dir/labels.csv`` with the header ``columns`` and one line per row (what ``read_labels_table`` reads)."""
+    with (raw_dir / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(list(columns))
+        writer.writerows(rows)
 
 
 def find_image(raw_dir: Path, sample_id: str) -> Path | None:

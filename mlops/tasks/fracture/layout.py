@@ -11,14 +11,13 @@ group; ``magnification`` is the nominal SEM magnification (metadata, not a model
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from mlops.data.layout import find_image, read_labels_table
+from mlops.data.layout import find_image, read_labels_table, write_labels_table
 
 #: the failure modes, in the order of the model's outputs
 CLASSES = ("fatigue", "ductile_overload", "brittle_cleavage", "intergranular")
@@ -39,10 +38,7 @@ def image_path(raw_dir: Path, image_id: str) -> Path | None:
 
 def write_labels(out_dir: Path, rows: Iterable[tuple[str, str, str, int]]) -> None:
     """labels.csv from (image_id, class, source, magnification) rows."""
-    with (out_dir / LABELS).open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(LABEL_COLUMNS)
-        writer.writerows(rows)
+    write_labels_table(out_dir, LABEL_COLUMNS, rows)
 
 
 def ingest(src_dir: Path, out_dir: Path) -> int:

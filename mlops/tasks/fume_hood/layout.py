@@ -12,14 +12,13 @@ group (a lab's photos are correlated by its habits).
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from mlops.data.layout import find_image, read_labels_table
+from mlops.data.layout import find_image, read_labels_table, write_labels_table
 
 LABEL_COLUMNS = ("photo_id", "lab_id", "rating")
 N_LEVELS = 5  # ratings 1..5
@@ -42,10 +41,7 @@ def mask_path(raw_dir: Path, photo_id: str) -> Path:
 
 def write_labels(out_dir: Path, rows: Iterable[tuple[str, str, int]]) -> None:
     """labels.csv from (photo_id, lab_id, rating) rows."""
-    with (out_dir / LABELS).open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(LABEL_COLUMNS)
-        writer.writerows(rows)
+    write_labels_table(out_dir, LABEL_COLUMNS, rows)
 
 
 def ingest(src_dir: Path, out_dir: Path) -> int:

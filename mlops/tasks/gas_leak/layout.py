@@ -16,7 +16,6 @@ README "Real data: gas_leak" shows the same layout to users.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlops.data.layout import read_labels_table
+from mlops.data.layout import read_labels_table, write_labels_table
 
 LABEL_COLUMNS = ("seq_id", "x", "y", "z", "domain", "occluded")
 #: the optional grouping column after the label columns
@@ -57,10 +56,7 @@ def write_sequence(raw_dir: Path, seq_id: str, frames: np.ndarray) -> None:
 
 def write_labels(raw_dir: Path, rows: Iterable[tuple]) -> None:
     """labels.csv from rows in the order ``(*LABEL_COLUMNS, scene_id)``."""
-    with (raw_dir / LABELS).open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*LABEL_COLUMNS, SCENE])
-        writer.writerows(rows)
+    write_labels_table(raw_dir, (*LABEL_COLUMNS, SCENE), rows)
 
 
 def ingest(src_dir: Path, out_dir: Path) -> int:
