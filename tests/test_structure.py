@@ -209,3 +209,18 @@ def test_every_dvc_command_passes_the_params_and_experiment_files_it_reads():
         assert "--params params.yaml" in cmd, stage
         if stage in ("sweep", "train"):
             assert "--experiments experiments" in cmd, stage
+
+
+def test_a_task_whose_package_fails_to_import_is_named_in_the_error(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import mlops.tasks as tasks
+
+    broken = EntryPoint("broken", "no_such_package.task:Task", tasks.GROUP)
+    monkeypatch.setattr(tasks, "_entry_points", lambda: {"broken": broken})
+    tasks.get_task.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"task 'broken' \(no_such_package.task:Task\) could not be imported"):
+            tasks.get_task("broken")
+    finally:
+        tasks.get_task.cache_clear()

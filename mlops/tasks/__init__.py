@@ -67,7 +67,12 @@ def get_task(name: str) -> Task:
     eps = _entry_points()
     if name not in eps:
         raise UnknownTaskError(f"unknown task {name!r}; installed tasks: {', '.join(task_names()) or 'none'}")
-    cls = eps[name].load()
+    try:
+        cls = eps[name].load()
+    except Exception as exc:  # a plugin that fails to import: say which package, not only the traceback's last line
+        raise ImportError(
+            f"task {name!r} ({eps[name].value}) could not be imported: {exc!r}; reinstall its package or remove it"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"entry point {name} = {eps[name].value} is not a subclass of mlops.tasks.Task")
     if cls.name != name:
