@@ -341,6 +341,73 @@ def repeats(
     console.print(f"written: {out}")
 
 
+@app.command("findings")
+@friendly
+def findings(
+    tasks: Annotated[list[str] | None, typer.Argument(help="tasks to judge (default: every task with a claim)")] = None,
+    seeds: Annotated[int, typer.Option(min=2, help="seeds per arm: base.seed, base.seed + 1, ...")] = 5,
+    workers: Annotated[int, typer.Option(min=1, help="training processes side by side (1 torch thread each)")] = 1,
+    out: Annotated[Path, typer.Option(help="the findings page to write")] = Path("reports/findings.md"),
+    readme: Annotated[Path, typer.Option(help="README whose study table (between markers) is replaced")] = Path(
+        "README.md"
+    ),
+    page_only: Annotated[
+        bool, typer.Option("--page-only", help="rewrite the page from the runs already there")
+    ] = False,
+    params_path: ParamsOpt = Path("params.yaml"),
+    experiments: ExperimentsOpt = Path("experiments"),
+    dvc_yaml: Annotated[Path, typer.Option(help="where the pipeline's paths come from")] = Path("dvc.yaml"),
+) -> None:
+    """Judge each study's claim on its arms retrained over seeds: reports/findings.md and the README's table."""
+    from rich.progress import Progress, TextColumn
+
+    from mlops.data.stages import stage_options
+    from mlops.params import load_experiment, load_params
+    from mlops.tasks import get_task
+    from mlops.training.findings import judge, page, read_runs, summary_table, update_readme
+    from mlops.training.repeats import SUMMARY_FILE, plan_jobs, run_repeats
+    from mlops.tuning.sweep import read_sweeps
+
+    params = load_params(params_path)
+    names = tasks or [name for name in params.tasks if get_task(name).claim is not None]
+    judgements, metrics_paths, about = [], {}, {}
+    for name in names:
+        if name not in params.tasks:
+            raise typer.BadParameter(f"{name!r} is not a task of {params_path} (tasks: {sorted(params.tasks)})")
+        claim = get_task(name).claim
+        if claim is None:
+            raise typer.BadParameter(f"{name} declares no study claim (Task.claim): nothing to judge")
+        train = stage_options(dvc_yaml, "train", name, params.tasks[name])
+        metrics_paths[name] = Path(stage_options(dvc_yaml, "evaluate", name, params.tasks[name])["--metrics"])
+        folder = Path(train["--best"]).parent / "findings"  # beside the sweep's best_params.json
+        if not page_only:
+            exp = load_experiment(name, experiments)
+            arms = {claim.better, claim.than} - {None}
+            seed_list = [params.base.seed + i for i in range(seeds)]
+            plan = plan_jobs(exp, read_sweeps(Path(train["--best"])), seed_list, "tuned")
+            jobs = [job for job in plan if job.arm in arms]
+            with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[last]}")) as progress:
+                bar = progress.add_task(f"findings {name}", total=len(jobs), last="")
+
+                def on_done(row: dict, bar=bar, progress=progress, metric=claim.metric) -> None:
+                    progress.update(bar, advance=1, last=f"{row['arm']}/seed {row['seed']}: {row.get(metric)}")
+
+                run_repeats(
+                    name, params, exp, jobs, Path(train["--data"]), folder, claim.metric, workers, on_done,
+                    about={"mode": "tuned", "purpose": "findings"},
+                )  # fmt: skip
+        summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
+        about[name] = {"epochs": summary.get("epochs"), "seeds": summary.get("seeds")}
+        judgements.append(judge(read_runs(folder), name, claim))
+        console.print(f"{name}: {judgements[-1].verdict}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page(judgements, metrics_paths, about))
+    if update_readme(readme, summary_table(judgements)):
+        console.print(f"written: {out}; {readme}'s study table replaced")
+    else:
+        console.print(f"written: {out} ({readme} has no findings markers: its table is left alone)")
+
+
 @app.command("register")
 @friendly
 def register(
@@ -384,6 +451,7 @@ def registry_status(
     from mlops.params import load_params
     from mlops.registry.versions import status
     from mlops.tasks import task_names
+    from mlops.training.scoring import interval_text
 
     rows = status(_settings(), task_names())
     if as_json:
@@ -404,8 +472,9 @@ def registry_status(
     params = load_params(params_path)
     gated = {t: {*params.task(t).gates.min, *params.task(t).gates.max} for t in params.tasks}
     for r in rows:
-        shown = {k: v for k, v in (r.get("champion_metrics") or {}).items() if k in gated.get(r["task"], ())}
-        metrics = "\n".join(f"{k}={float(v):.3g}" for k, v in sorted(shown.items()))
+        values = {k: float(v) for k, v in (r.get("champion_metrics") or {}).items()}
+        # each gated metric with its 95 % interval over the test groups
+        metrics = "\n".join(f"{k}={interval_text(values, k)}" for k in sorted(gated.get(r["task"], ())) if k in values)
         table.add_row(
             r["task"],
             r["champion"] or "-",

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mlops.stats import Interval
+
 
 class ConfigError(ValueError):
     """A params or experiment file is missing, malformed, or has unknown/missing keys."""
@@ -19,11 +21,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BootstrapParams(Strict):
+    """How every test metric's interval is drawn (``mlops.stats``): resamples of the task's independent groups."""
+
+    resamples: Annotated[int, Field(ge=100, le=100_000)]
+    level: Annotated[float, Field(gt=0.5, lt=1.0)]
+
+
 class BaseParams(Strict):
     seed: int
     #: torch threads of the train stage's fit and of evaluation (sweep and repeats workers use one each). Part of
     #: the result: reductions split by it, so the same seed at another thread count gives other weights.
     threads: Annotated[int, Field(ge=1, le=256)]
+    bootstrap: BootstrapParams
 
 
 class SweepParams(Strict):
@@ -168,32 +178,61 @@ class Experiment(Strict):
 
 
 class Gates(Strict):
-    """Quality gates on test metrics: ``min`` bounds for higher-is-better, ``max`` for lower-is-better."""
+    """Quality gates on test metrics: ``min`` bounds for higher-is-better, ``max`` for lower-is-better.
+
+    Every gated metric has a ``tolerance``: how much worse than the current champion a new one may be. The release
+    compares the two paired on the same test groups and refuses only when the challenger is worse by more than the
+    tolerance at the interval's confidence; so a gate can fail, and a difference the test set cannot resolve
+    does not."""
 
     min: dict[str, float]
     max: dict[str, float]
-    #: How far a new champion may fall behind the current one, per metric, on the same test split.
-    tolerance: dict[str, float] = {}
+    tolerance: dict[str, Annotated[float, Field(ge=0)]]
 
     @model_validator(mode="after")
-    def _tolerance_has_direction(self) -> Gates:
+    def _every_gate_has_a_tolerance(self) -> Gates:
         unknown = sorted(set(self.tolerance) - set(self.min) - set(self.max))
         if unknown:
             raise ValueError(f"tolerance for {unknown}: list each metric under min or max too")
+        both = sorted(set(self.min) & set(self.max))
+        if both:
+            raise ValueError(f"{both} under both min and max: a metric is either higher- or lower-is-better")
+        missing = sorted((set(self.min) | set(self.max)) - set(self.tolerance))
+        if missing:
+            raise ValueError(
+                f"gated metric(s) {missing} have no tolerance: add `tolerance: {{{missing[0]}: ...}}` (how much worse "
+                "than the champion a new version may be), or the no-regression gate could never fail"
+            )
         return self
 
-    def regressions(self, candidate: dict[str, float], champion: dict[str, float]) -> list[str]:
-        """Metrics where ``candidate`` is worse than ``champion`` by more than the tolerance."""
-        failed = []
-        for name, slack in self.tolerance.items():
-            new, old = candidate.get(name), champion.get(name)
-            if new is None or old is None:
-                failed.append(f"{name}: missing (candidate {new}, champion {old})")
-            elif name in self.min and new < old - slack:
-                failed.append(f"{name}={new:.4g} < champion {old:.4g} - {slack}")
-            elif name in self.max and new > old + slack:
-                failed.append(f"{name}={new:.4g} > champion {old:.4g} + {slack}")
-        return failed
+    def higher_is_better(self, name: str) -> bool:
+        return name in self.min
+
+    def regressions(self, differences: dict[str, Interval]) -> tuple[list[str], list[str]]:
+        """(failures, verdicts) from ``differences`` = challenger - champion per gated metric, paired on the same
+        test groups. A failure: worse by more than the tolerance with the interval wholly beyond it."""
+        failed, verdicts = [], []
+        for name, slack in sorted(self.tolerance.items()):
+            d = differences.get(name)
+            if d is None:
+                failed.append(f"{name}: not computed for both versions")
+                continue
+            sign = 1.0 if self.higher_is_better(name) else -1.0  # > 0: challenger better
+            gain = d.value * sign
+            if d.low is None or d.high is None:  # no interval (undefined on too many resamples): the point decides
+                most_favourable, shown = gain, f"{d.value:+.4g} (no interval)"
+            else:
+                most_favourable = max(d.low * sign, d.high * sign)
+                shown = f"{d.value:+.4g} [{d.low:+.4g}, {d.high:+.4g}]"
+            if most_favourable < -slack:  # even the interval's best case trails by more than the tolerance
+                verdict = f"worse by more than {slack}"
+                failed.append(f"{name}: challenger - champion = {shown}, {verdict}")
+            elif d.straddles(0.0):
+                verdict = "indistinguishable"
+            else:
+                verdict = "better" if gain > 0 else f"worse, within tolerance {slack}"
+            verdicts.append(f"{name}: challenger - champion = {shown}, {verdict}")
+        return failed, verdicts
 
     def failures(self, metrics: dict[str, float]) -> list[str]:
         failed = []

@@ -82,7 +82,7 @@ def test_missing_params_file_says_what_to_do(tmp_path):
 
 
 def test_gates_report_each_failure():
-    gates = Gates(min={"acc": 0.5}, max={"err": 2.0})
+    gates = Gates(min={"acc": 0.5}, max={"err": 2.0}, tolerance={"acc": 0.05, "err": 0.1})
     assert gates.failures({"acc": 0.6, "err": 1.0}) == []
     failures = gates.failures({"acc": 0.4, "err": float("nan")})
     assert len(failures) == 2 and "acc=0.4 < 0.5" in failures[0]

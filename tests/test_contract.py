@@ -38,7 +38,7 @@ def contract_params() -> dict:
     for name in TASKS:
         section = deep_update(raw[name], TINY.get(name, {}))
         section["train"].update(epochs=EPOCHS, patience=EPOCHS)
-        section["gates"] = {"min": {}, "max": {}}
+        section["gates"] = {"min": {}, "max": {}, "tolerance": {}}
         out[name] = section
     return out
 

@@ -33,7 +33,7 @@ SPOTS_PARAMS = {
     "augment": {"mirror": True},
     "train": {"epochs": 6, "patience": 6},
     "evaluate": {"gradcam_samples": 4},
-    "gates": {"min": {"test_accuracy": 0.75}, "max": {}},
+    "gates": {"min": {"test_accuracy": 0.75}, "max": {}, "tolerance": {"test_accuracy": 0.05}},
 }
 SPOTS_EXPERIMENT = {
     "objective": {"metric": "val_accuracy", "direction": "maximize"},

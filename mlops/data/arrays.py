@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+#: Splits nothing may be chosen on: the test split and gas_leak's held-out field footage.
+SEALED = ("test", "field")
+#: Who opened the sealed splits in this context (None: sealed). Only evaluation opens them.
+_OPENED_BY: ContextVar[str | None] = ContextVar("sealed_splits_opened_by", default=None)
+
+
+class SealedSplitError(PermissionError):
+    """A sealed split was read outside evaluation: a sweep, fit, calibration or selection would have seen it."""
+
+
+@contextmanager
+def open_sealed_splits(reader: str) -> Iterator[None]:
+    """Let ``reader`` (the evaluate stage, a release gate re-evaluating a champion, a repeat's final scoring)
+    read the test and field splits inside this block. Sweeps, training, calibration and the choice of an arm
+    never run inside one, so they cannot select anything on the test split."""
+    token = _OPENED_BY.set(reader)
+    try:
+        yield
+    finally:
+        _OPENED_BY.reset(token)
 
 
 def save_split(out_dir: Path, split: str, **arrays: np.ndarray) -> None:
@@ -21,6 +44,12 @@ def save_split(out_dir: Path, split: str, **arrays: np.ndarray) -> None:
 
 
 def load_array(prepared_dir: Path, split: str, name: str) -> np.ndarray:
+    """One prepared array; the sealed splits only inside :func:`open_sealed_splits`."""
+    if split in SEALED and _OPENED_BY.get() is None:
+        raise SealedSplitError(
+            f"the {split!r} split of {prepared_dir} is sealed: only evaluation reads it (`mlops evaluate`). "
+            "Choose hyperparameters, arms, epochs and thresholds on 'val'."
+        )
     path = Path(prepared_dir) / split / f"{name}.npy"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the prepare stage (`dvc repro` or `mlops data prepare`)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mlops.params import Params
 from mlops.registry.versions import CHAMPION, alias_version, client, version_metrics
 from mlops.tracking.lineage import TAG
+from mlops.training.scoring import CI_HIGH, CI_LOW, interval_text
 
 
 def _row(*cells: object) -> str:
@@ -35,21 +36,19 @@ def model_card(task: str, version: str, params: Params) -> str:
         _row("validation report", tags.get(f"{TAG}validation.report")),
         _row("validated at", tags.get(f"{TAG}validation.at")),
         "",
-        "## Metrics (fixed test split)",
-        _row("metric", "value", "gate", f"champion v{champion or '-'}", "tolerance"),
+        "## Metrics (sealed test split; [95 % bootstrap interval over the task's independent groups])",
+        _row("metric", "value [interval]", "gate", f"champion v{champion or '-'}", "tolerance"),
         _row("---", "---", "---", "---", "---"),
     ]
-    for name in sorted(metrics):
+    for name in sorted(k for k in metrics if not k.endswith((CI_LOW, CI_HIGH))):
         gate = f">= {gates.min[name]}" if name in gates.min else (f"<= {gates.max[name]}" if name in gates.max else "")
-        champ = champ_metrics.get(name, "")
-        lines.append(
-            _row(
-                name, f"{metrics[name]:.4g}", gate, f"{champ:.4g}" if champ != "" else "", gates.tolerance.get(name, "")
-            )
-        )
+        champ = interval_text(champ_metrics, name, 4) if name in champ_metrics else ""
+        lines.append(_row(name, interval_text(metrics, name, 4), gate, champ, gates.tolerance.get(name, "")))
     lines += [
         "",
         f"Gates: {tags.get(f'{TAG}gates', '?')}",
+        "",
+        f"Last promotion check against the champion: {tags.get(f'{TAG}no_regression', 'none yet')}",
         "",
         "## Lineage",
         _row("git commit", tags.get(f"{TAG}git_commit")),

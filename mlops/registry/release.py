@@ -3,8 +3,9 @@
 Gates a version must hold to become ``champion`` (each recorded with its detail in the history):
   1. ``validation`` — its training data passed validation (lineage tag);
   2. ``quality`` — its test metrics meet the task's gates in params.yaml;
-  3. ``no_regression`` — it does not trail the current champion by more than the tolerance, measured on
-     the same test split (the champion is re-evaluated on the candidate's split when they differ);
+  3. ``no_regression`` — it does not trail the current champion by more than the tolerance at 95 % confidence:
+     both scored on the same test cases (the champion is re-scored on the candidate's split when they differ),
+     the difference's interval from resampling the same groups; "indistinguishable" when it straddles zero;
   4. ``approval`` — an approver and a reason are given.
 ``force`` (with a reason) moves the alias despite failed gates and is recorded as forced.
 """
@@ -18,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from mlops.params import Params
 from mlops.registry.history import (
     AliasEvent,
@@ -29,8 +32,11 @@ from mlops.registry.history import (
 )
 from mlops.registry.versions import CHAMPION, PromotionError, alias_version, client, version_metrics
 from mlops.settings import Settings
+from mlops.stats import CASE, GROUP, STRATUM
 from mlops.tracking.lineage import TAG, dvc_hash
 from mlops.tracking.runs import connect
+from mlops.training.evaluate import CASES
+from mlops.training.scoring import differences, evaluate_sealed
 
 
 def open_history(settings: Settings) -> History:
@@ -51,16 +57,34 @@ def _resolve(c, task: str, version: str) -> Any:
         raise PromotionError(f"{task} has no version {version}: {exc.message}") from exc
 
 
-def _champion_metrics_on(task: str, champion, candidate, params: Params) -> dict[str, float]:
-    """The champion's test metrics on the candidate's test split."""
-    same_split = champion.tags.get(f"{TAG}data.prepared_md5") == candidate.tags.get(f"{TAG}data.prepared_md5")
-    if same_split:
-        return version_metrics(champion)
+def _logged_cases(version) -> pd.DataFrame | None:
+    """The cases table the evaluate stage logged on the version's run (None for a version from before it did)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    arm = version.tags.get(f"{TAG}arm", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=f"evaluation/{CASES}-{arm}.csv", dst_path=tmp
+            )
+        except (MlflowException, OSError):
+            return None
+        return pd.read_csv(path, dtype={CASE: str, GROUP: str, STRATUM: str})
+
+
+def _cases_on_split(task: str, version, candidate, params: Params) -> pd.DataFrame:
+    """``version``'s cases on the candidate's test split: the logged table when it was scored on that split, else
+    the version re-scored there (the champion on a newer split, or a version registered before cases were kept)."""
+    same_split = version.tags.get(f"{TAG}data.prepared_md5") == candidate.tags.get(f"{TAG}data.prepared_md5")
+    logged = _logged_cases(version) if same_split else None
+    if logged is not None:
+        return logged
     prepared = Path(candidate.tags.get(f"{TAG}data.prepared_path", ""))
     want = candidate.tags.get(f"{TAG}data.prepared_md5")
     if not prepared.is_dir() or dvc_hash(prepared) != want:
         raise PromotionError(
-            f"the champion must be re-evaluated on the candidate's test split (prepared data {want}), "
+            f"v{version.version} must be re-scored on the candidate's test split (prepared data {want}), "
             f"which is not checked out at {prepared}: run `dvc checkout` / `dvc repro` for that data version"
         )
     import mlflow
@@ -68,13 +92,16 @@ def _champion_metrics_on(task: str, champion, candidate, params: Params) -> dict
     from mlops.tasks import get_task, load_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{champion.version}", dst_path=tmp))
+        root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{version.version}", dst_path=tmp))
         model, _ = load_model_dir(root / "artifacts")
-        evaluation = get_task(task).evaluate(model, prepared, params.task(task), Path(tmp) / "eval")
-    return evaluation.metrics
+        t = get_task(task)
+        evaluation = evaluate_sealed(t, model, prepared, params.task(task), Path(tmp) / "eval", reader="release gate")
+    return evaluation.cases
 
 
 def check_gates(task: str, candidate, params: Params, approver: str, reason: str) -> dict[str, dict]:
+    from mlops.tasks import get_task
+
     c = client()
     gates: dict[str, dict] = {}
     ok = candidate.tags.get(f"{TAG}validation.success") == "true"
@@ -89,12 +116,20 @@ def check_gates(task: str, candidate, params: Params, approver: str, reason: str
         raise PromotionError(f"{task} v{candidate.version} is already the champion")
     else:
         champion = c.get_model_version(task, champion_version)
-        worse = task_gates.regressions(
-            version_metrics(candidate), _champion_metrics_on(task, champion, candidate, params)
-        )
+        mine = _cases_on_split(task, candidate, candidate, params)
+        theirs = _cases_on_split(task, champion, candidate, params)
+        boot = params.base.bootstrap
+        try:
+            paired = differences(get_task(task), mine, theirs, params.task(task), boot, params.base.seed)
+        except ValueError as exc:
+            raise PromotionError(f"{task}: v{candidate.version} and champion v{champion_version}: {exc}") from exc
+        worse, verdicts = task_gates.regressions(paired)
+        groups = mine[GROUP].nunique()
         gates["no_regression"] = {
             "passed": not worse,
-            "detail": "; ".join(worse) or f"within tolerance of champion v{champion_version}",
+            "detail": f"vs champion v{champion_version}, paired on {len(mine)} test cases in {groups} groups, "
+            f"{boot.level:.0%} interval: " + "; ".join(verdicts),
+            "differences": {k: {"difference": d.value, "ci_low": d.low, "ci_high": d.high} for k, d in paired.items()},
         }
     named = bool(approver.strip()) and bool(reason.strip())
     gates["approval"] = {
@@ -102,6 +137,9 @@ def check_gates(task: str, candidate, params: Params, approver: str, reason: str
         "detail": f"approver={approver!r}" if named else "approver and reason required",
     }
     return gates
+
+
+NO_REGRESSION_TAG = f"{TAG}no_regression"
 
 
 def _holder() -> str:
@@ -145,6 +183,8 @@ def promote(
         raise PromotionError("an approver (--approver) and a reason (--reason) are required")
     candidate = _resolve(client(), task, version)
     gates = check_gates(task, candidate, params, approver, reason)
+    # the paired comparison stays on the version (its card shows it), whether or not the promotion goes ahead
+    client().set_model_version_tag(task, str(candidate.version), NO_REGRESSION_TAG, gates["no_regression"]["detail"])
     failed = [f"{name}: {g['detail']}" for name, g in gates.items() if not g["passed"]]
     if failed and not force:
         raise PromotionError(

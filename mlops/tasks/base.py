@@ -28,17 +28,57 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlops.inference.model_files import ModelRegistry, ModelSpec
+from mlops.stats import CASE, GROUP, STRATUM  # the columns every Evaluation.cases table has
 
-__all__ = ["BadUpload", "Evaluation", "ModelRegistry", "ModelSpec", "Task", "Upload"]
+__all__ = [
+    "CASE",
+    "GROUP",
+    "STRATUM",
+    "BadUpload",
+    "Claim",
+    "Evaluation",
+    "ModelRegistry",
+    "ModelSpec",
+    "Task",
+    "Upload",
+]
 
 
 @dataclass
 class Evaluation:
-    """What a task's evaluation produced: scalar metrics, image artifacts, DVC plot tables."""
+    """What a task's evaluation produced: scalar metrics, image artifacts, DVC plot tables, and the per-case table
+    its headline metrics are computed from.
+
+    ``cases`` has one row per scored unit: ``case`` (a stable id, so two models' rows pair up), ``group`` (the
+    independent unit the bootstrap resamples: lab, scene, video, specimen, volume), ``stratum`` (groups are
+    resampled within each: e.g. in-domain test vs field footage; one value when there is one population), and
+    whatever the task's ``score`` reads. ``Task.score(cases, params)`` must give back, for the full table, the
+    same values as ``metrics`` (the evaluate stage checks it), so every interval is an interval of the reported
+    number.
+    """
 
     metrics: dict[str, float]
     images: dict[str, Path] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    cases: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The study's headline finding this task is asked to reproduce, in a form `mlops findings` can test: arm
+    ``better`` beats arm ``than`` on ``metric`` (a test metric as ``evaluate`` reports it). A study without an
+    arm comparison (``than`` None) is checked against ``chance``: ``better`` must beat it."""
+
+    #: the study's claim in one sentence, with the study's own numbers
+    text: str
+    metric: str
+    better: str
+    than: str | None = None
+    higher_is_better: bool = True
+    #: the metric a model without skill reaches (for a claim without a second arm)
+    chance: float | None = None
+    #: what the simulator does and does not test of the claim (printed beside the verdict)
+    simulator_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,8 @@ class Task(ABC):
     #: Dotted module whose ``load(weights, spec)`` returns the serving-side predictor.
     inference_module: ClassVar[str]
     models: ClassVar[ModelRegistry]
+    #: the study's finding (`mlops findings` retrains the arms over seeds and judges it); None: no claim
+    claim: ClassVar[Claim | None] = None
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
@@ -127,6 +169,13 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: Any, out_dir: Path) -> Evaluation:
         """Test-split metrics, plots and explanation images."""
+
+    @abstractmethod
+    def score(self, cases: pd.DataFrame, params: Any) -> dict[str, float]:
+        """The headline test metrics (names as ``evaluate`` reports them) from any subset of ``Evaluation.cases``:
+        what the bootstrap recomputes per resample and the release gates compare in pairs. Metrics that are not
+        functions of the cases (e.g. a Grad-CAM pointing game on a few samples) are not returned and carry no
+        interval."""
 
     @abstractmethod
     def example_input(self, prepared_dir: Path) -> np.ndarray:

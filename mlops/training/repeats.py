@@ -113,6 +113,7 @@ def run_job(job: Job, task_name: str, section: Any, monitor: str, direction: str
 
     from mlops.fit.loop import FitConfig, fit, seed_everything
     from mlops.tasks import get_task
+    from mlops.training.scoring import evaluate_sealed
 
     torch.set_num_threads(1)  # one thread per worker: workers run side by side
     task, tp, prepared = get_task(task_name), section, Path(prepared_dir)
@@ -125,7 +126,8 @@ def run_job(job: Job, task_name: str, section: Any, monitor: str, direction: str
     result = fit(task, model, task.dataset(prepared, "train"), task.dataset(prepared, "val"), cfg)
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as scratch:  # plots are not kept: the table is the result
-        metrics = task.evaluate(model.eval(), prepared, tp, Path(scratch)).metrics
+        # the finished model's final scoring opens the test split; its training and early stopping saw only val
+        metrics = evaluate_sealed(task, model.eval(), prepared, tp, Path(scratch), reader="repeats").metrics
     return {
         "config": job.config,
         "seed": job.seed,
