@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 BENCH = $(PYTHON) -m bench
 BENCH_ARGS ?=
 
-.PHONY: bench bench-serving bench-overhead bench-tracking bench-pruning bench-workers bench-pipeline bench-main
+.PHONY: findings bench bench-serving bench-overhead bench-tracking bench-pruning bench-workers bench-pipeline bench-main
 
 bench:
 	$(BENCH) all $(BENCH_ARGS)
@@ -31,3 +31,9 @@ bench-pipeline:
 
 bench-main:
 	$(BENCH) main $(BENCH_ARGS)
+
+# Each study's claim judged on its arms retrained over 5 seeds (after the main job: it reads best_params.json and
+# the prepared data): writes reports/findings.md and the README's study table. About an hour on 2 cores.
+FINDINGS_ARGS ?= --workers 2
+findings:
+	$(PYTHON) -m mlops.cli findings $(FINDINGS_ARGS)

@@ -382,10 +382,9 @@ def findings(
         folder = Path(train["--best"]).parent / "findings"  # beside the sweep's best_params.json
         if not page_only:
             exp = load_experiment(name, experiments)
-            arms = {claim.better, claim.than} - {None}
             seed_list = [params.base.seed + i for i in range(seeds)]
-            plan = plan_jobs(exp, read_sweeps(Path(train["--best"])), seed_list, "tuned")
-            jobs = [job for job in plan if job.arm in arms]
+            # every arm, not only the claim's: the page also says how often validation picks the same arm
+            jobs = plan_jobs(exp, read_sweeps(Path(train["--best"])), seed_list, "tuned")
             with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[last]}")) as progress:
                 bar = progress.add_task(f"findings {name}", total=len(jobs), last="")
 
@@ -398,7 +397,8 @@ def findings(
                 )  # fmt: skip
         summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
         about[name] = {"epochs": summary.get("epochs"), "seeds": summary.get("seeds")}
-        judgements.append(judge(read_runs(folder), name, claim))
+        maximize = load_experiment(name, experiments).objective.direction == "maximize"
+        judgements.append(judge(read_runs(folder), name, claim, val_maximize=maximize))
         console.print(f"{name}: {judgements[-1].verdict}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page(judgements, metrics_paths, about))

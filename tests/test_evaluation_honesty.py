@@ -222,3 +222,35 @@ def test_stage_options_come_from_dvc_yaml():
         stage_options(ROOT / "dvc.yaml", "nope", "fume_hood", "x")
     with pytest.raises(FileNotFoundError, match="project root"):
         stage_options(ROOT / "missing.yaml", "train", "fume_hood", "x")
+
+
+def test_findings_command_retrains_the_claims_arms_and_writes_the_page(pipeline_repo, tmp_path):
+    """`mlops findings` on the tiny pipeline: both of fume_hood's compared arms retrained over 2 seeds, the page
+    and the README table written from those runs (and the pipeline's own metrics with their intervals)."""
+    import shutil
+
+    from mlops.tasks import get_task
+    from tests.conftest import run
+
+    repo, env = pipeline_repo["repo"], pipeline_repo["env"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_START}\ntyped\n{README_END}\n")
+    out = tmp_path / "findings.md"
+    run(["mlops", "findings", "fume_hood", "--seeds", "2", "--out", str(out), "--readme", str(readme)], repo, env)
+    from mlops.params import load_experiment
+
+    claim = get_task("fume_hood").claim
+    runs = pd.read_csv(repo / "reports/fume_hood/findings/runs.csv")
+    assert sorted(runs["arm"].unique()) == sorted(load_experiment("fume_hood", repo / "experiments").arms)
+    assert sorted(runs["seed"].unique()) == [42, 43]
+    page_text = out.read_text()
+    assert "chosen on val_" in page_text
+    assert claim.text in page_text and "## fume_hood" in page_text and "[95 % CI" in page_text
+    assert any(v in page_text for v in ("**reproduced**", "**not reproduced**", "**inconclusive**"))
+    assert "typed" not in readme.read_text() and "| `fume_hood` |" in readme.read_text()
+    # --page-only rewrites the page from the runs already there, training nothing
+    shutil.copy(repo / "reports/fume_hood/findings/runs.csv", tmp_path / "runs-before.csv")
+    out.unlink()
+    run(["mlops", "findings", "fume_hood", "--page-only", "--out", str(out), "--readme", str(readme)], repo, env)
+    assert out.read_text() == page_text
+    assert (repo / "reports/fume_hood/findings/runs.csv").read_bytes() == (tmp_path / "runs-before.csv").read_bytes()

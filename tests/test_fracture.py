@@ -15,14 +15,15 @@ import torch
 import yaml
 from PIL import Image
 
-from mlops.data.arrays import load_array, read_meta
+from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.data.split import split_groups
 from mlops.inference.base import BadInput, load_predictor
 from mlops.params import parse_section
+from mlops.stats import bootstrap
 from mlops.tasks import get_task
 from mlops.tasks.fracture.evaluate import ood_photo_paths
 from mlops.tasks.fracture.layout import CLASSES
-from mlops.tasks.fracture.metrics import OUTLIER_WEIGHT, confidence_auroc, macro_f1
+from mlops.tasks.fracture.metrics import OUTLIER_WEIGHT, confidence_auroc, macro_f1, unknown_threshold
 from mlops.tasks.fracture.model import MODELS, N_CLASSES, UNKNOWN, decide
 from mlops.tasks.fracture.prepare import OUTLIER, augment_texture
 from mlops.tasks.fracture.simulate import outlier_image, simulate_fractographs
@@ -165,7 +166,9 @@ def test_ingest_copies_a_real_layout_and_refuses_missing_images(raw, tmp_path):
 def test_split_by_source_leaks_nothing_and_augmentation_keeps_labels(raw, params, tmp_path):
     out = tmp_path / "prepared"
     sizes = TASK.prepare(raw, out, params, seed=1)
-    groups = {s: set(load_array(out, s, "groups")) - {"outlier"} for s in ("train", "val", "test")}
+    with open_sealed_splits("test"):
+        groups = {s: set(load_array(out, s, "groups")) - {"outlier"} for s in ("train", "val", "test")}
+        assert OUTLIER not in load_array(out, "test", "y")
     assert not groups["train"] & groups["val"]
     assert not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]
@@ -177,7 +180,7 @@ def test_split_by_source_leaks_nothing_and_augmentation_keeps_labels(raw, params
     n_real = params.augment.copies * (N_SPECIMENS * PER_SPECIMEN - sizes["val"] - sizes["test"])
     assert real.sum() == n_real and sizes["train"] == len(y)
     assert 0 < (~real).sum() < len(y)  # outlier exposure is in training only
-    assert OUTLIER not in load_array(out, "val", "y") and OUTLIER not in load_array(out, "test", "y")
+    assert OUTLIER not in load_array(out, "val", "y")
     x = load_array(out, "train", "x")
     assert x.shape == (len(y), 32, 32) and x.dtype == np.uint8
     first = np.flatnonzero(ids == ids[0])
@@ -264,6 +267,12 @@ def test_macro_f1_averages_over_the_classes_present():
     # A class only predicted, never actual, scores 0 too.
     assert macro_f1(np.array([0, 3]), np.array([0, 0])) == pytest.approx((2 / 3 + 0) / 2)
     assert np.isnan(macro_f1(np.array([], dtype=np.int64), np.array([], dtype=np.int64)))
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        predicted, actual = rng.integers(0, 3, 30), rng.integers(0, 4, 30)
+        assert macro_f1(predicted, actual) == pytest.approx(f1_score(actual, predicted, average="macro"))
 
 
 def test_unknown_model_name_fails_loudly():
@@ -287,14 +296,20 @@ def trained(raw, params, tmp_path):
         opt.zero_grad()
         TASK.criterion(model)(model(x), y).backward()
         opt.step()
+    spec = TASK.calibrate(model, spec, prepared, params)  # as the train stage does (the test split stays sealed)
     weights, spec_path = tmp_path / "weights.pt", tmp_path / "spec.json"
     torch.save(model.state_dict(), weights)
     spec_path.write_text(json.dumps(spec.to_json()))
-    return {"model": model, "prepared": prepared, "weights": weights, "spec": spec_path}
+    return {"model": model, "prepared": prepared, "weights": weights, "spec": spec_path, "built": spec}
 
 
-def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, params, tmp_path):
-    evaluation = TASK.evaluate(trained["model"], trained["prepared"], params, tmp_path / "eval")
+@pytest.fixture()
+def evaluation(trained, params, tmp_path):
+    with open_sealed_splits("test"):
+        return TASK.evaluate(trained["model"], trained["prepared"], params, tmp_path / "eval")
+
+
+def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, evaluation, params):
     m = evaluation.metrics
     for key in ("test_accuracy", "test_macro_f1", "test_ece", "ood_mean_max_probability", "ood_unknown_share"):
         assert key in m
@@ -307,7 +322,8 @@ def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, params,
     # The numbers themselves, recomputed from the model's answers on the test split.
     from sklearn.metrics import f1_score
 
-    x, y = TASK.dataset(trained["prepared"], "test").tensors
+    with open_sealed_splits("test"):
+        x, y = TASK.dataset(trained["prepared"], "test").tensors
     with torch.no_grad():
         probs = trained["model"].eval()(x).softmax(dim=1).numpy()
     predicted, actual, confidence = probs.argmax(axis=1), y.numpy(), probs.max(axis=1)
@@ -324,8 +340,115 @@ def test_evaluate_reports_metrics_calibration_and_out_of_domain(trained, params,
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     assert m["test_ece"] == pytest.approx(ece, abs=1e-6)
-    threshold = read_meta(trained["prepared"])["unknown_threshold"]
+    # The "unknown" threshold is the served one, calibrated on validation: it withholds the share of validation
+    # fractographs params.input asks for.
+    threshold = json.loads(trained["spec"].read_text())["extra"]["unknown_threshold"]
+    assert m["unknown_threshold"] == pytest.approx(threshold)
+    x_val, _ = TASK.dataset(trained["prepared"], "val").tensors
+    with torch.no_grad():
+        val_confidence = trained["model"].eval()(x_val).softmax(dim=1).max(dim=1).values.numpy()
+    assert (val_confidence < threshold).mean() <= params.input.unknown_val_share
+    assert threshold == pytest.approx(np.sort(val_confidence)[int(params.input.unknown_val_share * len(x_val))])
     assert m["test_unknown_share"] == pytest.approx((confidence < threshold).mean())
+
+
+def test_cases_hold_test_images_by_specimen_and_probe_photos_with_their_crops(evaluation, raw, params):
+    cases = evaluation.cases
+    assert {"case", "group", "stratum", "actual", "predicted", "confidence", "correct", "answered"} <= set(cases)
+    assert cases["case"].is_unique and set(cases["stratum"]) == {"test", "probe"}
+    test, probe = cases[cases["stratum"] == "test"], cases[cases["stratum"] == "probe"]
+    labels = pd.read_csv(raw / "labels.csv", dtype={"image_id": str, "source": str}).set_index("image_id")
+    assert test["group"].tolist() == labels.loc[test["case"], "source"].tolist()  # the specimen is the group
+    assert (test["correct"] == (test["actual"] == test["predicted"])).all()
+    # each probe photo is one group: the whole photo and its corner crops
+    per_photo = probe.groupby("group")["case"].count()
+    assert len(per_photo) == len(ood_photo_paths()) and (per_photo == 1 + params.evaluate.ood_crops).all()
+    assert evaluation.metrics["ood_images"] == len(probe)
+
+
+def test_metrics_are_scored_from_the_cases(evaluation, params):
+    scored = TASK.score(evaluation.cases, params)
+    assert {
+        "test_accuracy",
+        "test_macro_f1",
+        "test_ece",
+        "ood_auroc",
+        "test_unknown_share",
+        "ood_unknown_share",
+    } <= set(scored)
+    for name, value in scored.items():
+        assert evaluation.metrics[name] == pytest.approx(value, rel=1e-9, nan_ok=True), name
+    probe = evaluation.cases[evaluation.cases["stratum"] == "probe"]
+    test = evaluation.cases[evaluation.cases["stratum"] == "test"]
+    assert scored["ood_auroc"] == pytest.approx(
+        confidence_auroc(test["confidence"].to_numpy(), probe["confidence"].to_numpy())
+    )
+
+
+def test_score_of_degenerate_resamples_is_nan_never_an_error(evaluation, params):
+    cases = evaluation.cases
+    assert all(np.isnan(v) for v in TASK.score(cases.iloc[:0], params).values())
+    only_probe = TASK.score(cases[cases["stratum"] == "probe"], params)
+    assert np.isnan(only_probe["test_accuracy"]) and np.isnan(only_probe["ood_auroc"])
+    assert np.isfinite(only_probe["ood_unknown_share"])
+    only_test = TASK.score(cases[cases["stratum"] == "test"], params)
+    assert np.isnan(only_test["ood_auroc"]) and np.isfinite(only_test["test_ece"])
+    one = TASK.score(cases.iloc[[0, 0]], params)  # one image twice: one class present
+    assert np.isfinite(one["test_macro_f1"]) and sum(np.isnan(one[f"test_recall_{c}"]) for c in CLASSES) == 3
+    intervals = bootstrap(cases, lambda c: TASK.score(c, params), resamples=200, seed=0)
+    assert intervals["test_accuracy"].low is not None and intervals["ood_auroc"].low is not None
+
+
+def test_unknown_threshold_is_calibrated_on_validation_and_never_reads_test(trained, params, tmp_path):
+    # Calibration runs with the test split sealed (the fixture calibrated outside open_sealed_splits) ...
+    model, prepared = trained["model"], trained["prepared"]
+    first = TASK.calibrate(model, trained["built"], prepared, params).extra["unknown_threshold"]
+    assert first == json.loads(trained["spec"].read_text())["extra"]["unknown_threshold"]
+    # ... and the test split's content does not move it, nor the threshold evaluation reports.
+    with open_sealed_splits("test"):
+        before = TASK.evaluate(model, prepared, params, tmp_path / "before").metrics
+    test_x = prepared / "test" / "x.npy"
+    np.save(test_x, np.random.default_rng(0).integers(0, 256, np.load(test_x).shape, dtype=np.uint8))
+    assert TASK.calibrate(model, trained["built"], prepared, params).extra["unknown_threshold"] == first
+    with open_sealed_splits("test"):
+        after = TASK.evaluate(model, prepared, params, tmp_path / "after").metrics
+    assert after["unknown_threshold"] == before["unknown_threshold"] == pytest.approx(first)
+    assert after["test_accuracy"] != before["test_accuracy"] or after["test_ece"] != before["test_ece"]
+    # ... while a different validation split does.
+    val_x = prepared / "val" / "x.npy"
+    np.save(val_x, np.load(val_x)[:, ::2, ::2].repeat(2, axis=1).repeat(2, axis=2))
+    assert TASK.calibrate(model, trained["built"], prepared, params).extra["unknown_threshold"] != first
+    with pytest.raises(SealedSplitError):
+        TASK.evaluate(model, prepared, params, tmp_path / "sealed")
+
+
+def test_unknown_threshold_withholds_at_most_the_share():
+    confidence = np.array([0.9, 0.3, 0.5, 0.7, 0.8, 0.4, 0.95, 0.6, 0.85, 0.65])
+    assert unknown_threshold(confidence, 0.0) == 0.3  # nothing withheld
+    assert unknown_threshold(confidence, 0.2) == 0.5  # 0.3 and 0.4 withheld
+    assert unknown_threshold(confidence, 0.25) == 0.5
+    for share in (0.0, 0.1, 0.33, 0.5, 0.99):
+        assert (confidence < unknown_threshold(confidence, share)).mean() <= share
+    with pytest.raises(ValueError, match="no in-domain"):
+        unknown_threshold(np.array([]), 0.05)
+
+
+def test_a_spec_without_a_calibrated_threshold_is_not_served(trained):
+    spec = json.loads(trained["spec"].read_text())
+    del spec["extra"]["unknown_threshold"]
+    trained["spec"].write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="calibrated on validation"):
+        load_predictor(trained["weights"], trained["spec"])
+
+
+def test_gated_metrics_are_scored_and_have_a_tolerance(evaluation):
+    section = parse_section(
+        TASK.Params, yaml.safe_load((ROOT / "params.yaml").read_text())["fracture"], ROOT, "fracture"
+    )
+    gates = section.gates
+    assert {"test_accuracy", "test_macro_f1", "ood_auroc"} <= set(gates.min) and "test_ece" in gates.max
+    assert set(gates.min) | set(gates.max) == set(gates.tolerance)
+    assert set(gates.tolerance) <= set(TASK.score(evaluation.cases, section))
 
 
 def test_confidence_auroc_and_decision():
@@ -374,5 +497,5 @@ def test_predictor_answers_unknown_on_an_out_of_domain_photo_under_a_high_thresh
 def test_params_section_of_repo_parses_and_task_is_registered():
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["fracture"]
     parsed = parse_section(TASK.Params, section, ROOT / "params.yaml", "fracture")
-    assert parsed.input.size >= 16 and 0 < parsed.input.unknown_threshold < 1
+    assert parsed.input.size >= 16 and 0 <= parsed.input.unknown_val_share < 1
     assert TASK.name == "fracture" and MODELS.names() == ["cnn"]

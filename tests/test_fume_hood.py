@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mlops.data.arrays import load_array
+from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.params import load_params
+from mlops.stats import bootstrap
 from mlops.tasks import get_task
-from mlops.tasks.fume_hood.metrics import pointing_game
+from mlops.tasks.fume_hood.metrics import macro_f1, model_free_heat, pointing_game
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS
 from mlops.tasks.fume_hood.simulate import simulate_photos
 from mlops.validation import validate_dataset
@@ -90,7 +91,8 @@ def test_validation_of_a_missing_folder_is_a_failed_report(tmp_path, params):
 def test_split_by_lab_leaks_nothing_and_augmentation_keeps_labels(tiny_raw, params, tmp_path):
     out = tmp_path / "prepared"
     sizes = TASK.prepare(tiny_raw, out, params, seed=1)
-    groups = {s: set(load_array(out, s, "groups")) for s in ("train", "val", "test")}
+    with open_sealed_splits("test"):
+        groups = {s: set(load_array(out, s, "groups")) for s in ("train", "val", "test")}
     assert not groups["train"] & groups["val"]
     assert not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]
@@ -170,3 +172,105 @@ def test_ingest_copies_a_real_layout_and_refuses_missing_photos(tiny_raw, tmp_pa
     (tiny_raw / "labels.csv").unlink()
     with pytest.raises(ValueError, match="labels.csv"):
         TASK.ingest(tiny_raw, tmp_path / "again")
+
+
+# --- evaluation: the cases table and the metrics scored from it ---------------------------------------------------
+
+
+@pytest.fixture()
+def evaluated(tiny_raw, params, tmp_path):
+    """A tiny prepared dataset, a briefly trained model and its evaluation (the test split opened as evaluate does)."""
+    prepared = tmp_path / "prepared"
+    TASK.prepare(tiny_raw, prepared, params, seed=1)
+    torch.manual_seed(0)
+    model, _ = TASK.build_model({"model": "custom_cnn", "width": 8, "dropout": 0.0}, prepared)
+    x, y = TASK.dataset(prepared, "train").tensors
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(5):
+        opt.zero_grad()
+        TASK.criterion(model)(model(x), y).backward()
+        opt.step()
+    with open_sealed_splits("test"):
+        evaluation = TASK.evaluate(model, prepared, params, tmp_path / "eval")
+        x_test, y_test = TASK.dataset(prepared, "test").tensors
+        masks = load_array(prepared, "test", "masks").astype(bool)
+    return {"evaluation": evaluation, "model": model, "x": x_test, "y": y_test, "masks": masks}
+
+
+def test_evaluate_reads_the_sealed_test_split_only_when_opened(evaluated, params, tmp_path):
+    prepared = tmp_path / "prepared"  # prepared by the fixture
+    with pytest.raises(SealedSplitError):
+        TASK.evaluate(evaluated["model"], prepared, params, tmp_path / "again")
+
+
+def test_cases_are_the_test_photos_grouped_by_their_lab(evaluated, tiny_raw):
+    cases = evaluated["evaluation"].cases
+    assert {"case", "group", "stratum", "actual", "predicted", "cross_entropy"} <= set(cases.columns)
+    labels = pd.read_csv(tiny_raw / "labels.csv", dtype={"photo_id": str, "lab_id": str}).set_index("photo_id")
+    assert cases["case"].is_unique and len(cases) == len(evaluated["y"])
+    assert (cases["stratum"] == "test").all()
+    # the group is the photo's lab, and each lab of the test split is one group
+    assert cases["group"].tolist() == labels.loc[cases["case"], "lab_id"].tolist()
+    assert cases.groupby("group")["case"].count().sum() == len(cases)
+    assert np.array_equal(cases["actual"].to_numpy(), labels.loc[cases["case"], "rating"].to_numpy())
+
+
+def test_metrics_are_scored_from_the_cases_and_recomputed_independently(evaluated, params):
+    from sklearn.metrics import f1_score
+
+    evaluation = evaluated["evaluation"]
+    m, cases = evaluation.metrics, evaluation.cases
+    scored = TASK.score(cases, params)
+    assert set(scored) == {"test_accuracy", "test_within_one_accuracy", "test_macro_f1", "test_loss"}
+    for name, value in scored.items():
+        assert m[name] == pytest.approx(value, rel=1e-9), name
+    with torch.no_grad():
+        logits = evaluated["model"].eval()(evaluated["x"])
+    y, predicted = evaluated["y"].numpy(), logits.argmax(1).numpy()
+    assert m["test_accuracy"] == pytest.approx((predicted == y).mean())
+    assert m["test_within_one_accuracy"] == pytest.approx((np.abs(predicted - y) <= 1).mean())
+    assert m["test_macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro"))
+    assert m["test_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, evaluated["y"])), rel=1e-5)
+    # the pointing game (not a function of the cases) is reported beside, the model-free pointer's rate with it
+    heat_free = model_free_heat(evaluated["x"][:, 0].numpy(), params.evaluate.model_free_blur_px)
+    want, _ = pointing_game(heat_free, evaluated["masks"], params.evaluate.pointing_tolerance_px)
+    assert m["pointing_game_model_free"] == pytest.approx(want)
+    assert 0 <= m["pointing_game_hit_rate"] <= 1
+
+
+def test_score_of_degenerate_resamples_is_nan_or_a_number_never_an_error(evaluated, params):
+    cases = evaluated["evaluation"].cases
+    assert all(np.isnan(v) for v in TASK.score(cases.iloc[:0], params).values())
+    one = TASK.score(cases.iloc[[0, 0, 0]], params)  # one photo drawn three times: one class only
+    assert one["test_accuracy"] in (0.0, 1.0) and np.isfinite(one["test_macro_f1"])
+    intervals = bootstrap(cases, lambda c: TASK.score(c, params), resamples=200, seed=0)
+    for name, interval in intervals.items():
+        assert interval.low is not None and interval.low <= interval.value <= interval.high, name
+
+
+def test_gated_metrics_are_scored_and_have_a_tolerance():
+    gates = load_params(ROOT / "params.yaml").task("fume_hood").gates
+    gated = set(gates.min) | set(gates.max)
+    assert gated and gated == set(gates.tolerance)
+    cases = pd.DataFrame({"case": ["a"], "group": ["g"], "stratum": ["test"], "actual": [3], "predicted": [3],
+                          "cross_entropy": [0.1]})  # fmt: skip
+    assert gated <= set(TASK.score(cases, None))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_counts_like_scikit_learn(seed):
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    actual, predicted = rng.integers(1, 6, 40), rng.integers(1, 4, 40)  # ratings 4, 5 never predicted
+    assert macro_f1(actual, predicted) == pytest.approx(f1_score(actual, predicted, average="macro"))
+    assert np.isnan(macro_f1(np.array([], dtype=int), np.array([], dtype=int)))
+
+
+def test_model_free_pointer_finds_an_object_on_a_banded_background():
+    photo = np.tile(np.linspace(0.9, 0.6, 24)[:, None], (1, 32))  # rows of the hood: uniform across
+    photo[5, 2:30] = 0.1  # a baffle slot: a dark band, no object
+    photo[15:20, 10:14] = 0.3  # an object on the surface
+    heat = model_free_heat(photo[None], blur_px=1)
+    r, c = np.unravel_index(np.argmax(heat[0]), heat[0].shape)
+    assert 15 <= r < 20 and 10 <= c < 14

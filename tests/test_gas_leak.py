@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from mlops.data.arrays import load_array
+from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.inference import BadInput, load_predictor
 from mlops.inference.model_files import save_model_dir
 from mlops.params import load_experiment, parse_section
@@ -179,7 +179,8 @@ def test_noise_gain_and_shake_keep_labels():
 def test_prepare_keeps_groups_apart_and_field_separate(prepared, params):
     from mlops.data.arrays import load_array, read_meta
 
-    groups = {s: set(load_array(prepared, s, "groups")) for s in ("train", "val", "test", "field")}
+    with open_sealed_splits("test"):
+        groups = {s: set(load_array(prepared, s, "groups")) for s in ("train", "val", "test", "field")}
     assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]
     assert all(g.startswith("gf") for g in groups["field"]) and not any(g.startswith("gf") for g in groups["train"])
@@ -241,16 +242,23 @@ def test_val_metrics_hold_the_sweep_objective(task, prepared):
     assert objective.removeprefix("val_") in names
 
 
-def test_evaluate_reports_both_domains_split_by_occlusion(task, prepared, params, tmp_path):
+@pytest.fixture(scope="module")
+def evaluation(task, prepared, params, tmp_path_factory):
     model, _ = _build(task, prepared, "heatmap")
-    evaluation = task.evaluate(model, prepared, params, tmp_path)
+    with open_sealed_splits("test"):
+        return model, task.evaluate(model, prepared, params, tmp_path_factory.mktemp("eval"))
+
+
+def test_evaluate_reports_both_domains_split_by_occlusion(task, prepared, evaluation):
+    model, evaluation = evaluation
     m, both_subsets = evaluation.metrics, []
     for split in ("test", "field"):
         # Each error recomputed from the model's own answers, the split's labels and its occlusion flags.
-        x, y = task.dataset(prepared, split).tensors
+        with open_sealed_splits("test"):
+            x, y = task.dataset(prepared, split).tensors
+            occluded = load_array(prepared, split, "occluded").astype(bool)
         with torch.no_grad():
             err = (model.eval()(x)[:, :N_ANSWER] - y[:, :N_ANSWER]).abs().numpy()
-        occluded = load_array(prepared, split, "occluded").astype(bool)
         both_subsets.append(occluded.any() and not occluded.all())
         for i, q in enumerate(("x", "y", "z")):
             assert m[f"{split}_{q}_mae"] == pytest.approx(float(err[:, i].mean()), rel=1e-5)
@@ -258,9 +266,78 @@ def test_evaluate_reports_both_domains_split_by_occlusion(task, prepared, params
                 want = float(err[mask, i].mean()) if mask.any() else float("nan")
                 assert m[f"{split}_{subset}_{q}_mae"] == pytest.approx(want, rel=1e-5, nan_ok=True), (split, subset)
             assert m[f"{split}_visible_n"] == (~occluded).sum() and m[f"{split}_occluded_n"] == occluded.sum()
+        # The study's baseline for Z: the error of answering Z = 0 on the same sequences, and the skill against it.
+        zero = float(np.abs(y[:, 2].numpy()).mean())
+        assert m[f"{split}_z_mae_zero"] == pytest.approx(zero, rel=1e-6)
+        assert m[f"{split}_z_skill"] == pytest.approx(1 - float(err[:, 2].mean()) / zero, rel=1e-5)
         assert evaluation.images[f"heatmap_overlays_{split}.png"].is_file()
     assert any(both_subsets)  # else a swapped occlusion mask could go unseen
     assert list(evaluation.tables["error_table"]["quantity"]) == ["X mean error", "Y mean error", "Z mean error"]
+
+
+def test_evaluate_reads_the_sealed_splits_only_when_opened(task, prepared, params, tmp_path):
+    model, _ = _build(task, prepared, "numeric")
+    with pytest.raises(SealedSplitError):
+        task.evaluate(model, prepared, params, tmp_path)
+
+
+def test_cases_hold_one_row_per_sequence_grouped_by_scene(prepared, evaluation):
+    cases = evaluation[1].cases
+    assert {"case", "group", "stratum", "occluded", "x", "y", "z", "pred_x", "pred_y", "pred_z"} <= set(cases)
+    assert cases["case"].is_unique
+    for split in ("test", "field"):
+        rows = cases[cases["stratum"] == split]
+        with open_sealed_splits("test"):
+            ids, groups = load_array(prepared, split, "ids"), load_array(prepared, split, "groups")
+        assert list(rows["case"]) == list(ids) and list(rows["group"]) == list(groups)
+        assert rows["group"].nunique() > 1 and rows.groupby("group").size().max() > 1  # scenes, not sequences
+    assert set(cases["stratum"]) == {"test", "field"}
+
+
+def test_score_of_the_cases_is_what_evaluate_reports(task, params, evaluation):
+    _, evaluation = evaluation
+    scored = task.score(evaluation.cases, params)
+    assert {"test_x_mae", "test_y_mae", "test_z_mae", "test_xy_error", "field_x_mae", "test_z_skill"} <= set(scored)
+    assert set(params.gates.min) | set(params.gates.max) <= set(scored)  # every gate has an interval
+    for name, value in scored.items():
+        assert value == pytest.approx(evaluation.metrics[name], rel=1e-9, nan_ok=True), name
+    # A resample of scenes (one repeated, the field footage dropped) scores without raising: field gives NaN.
+    test = evaluation.cases[evaluation.cases["stratum"] == "test"]
+    first = test["group"].iloc[0]
+    resample = pd.concat([test, test[test["group"] == first]], ignore_index=True)
+    again = task.score(resample, params)
+    assert np.isnan(again["field_x_mae"]) and np.isfinite(again["test_x_mae"])
+    err = np.abs(resample["pred_x"] - resample["x"]).mean()
+    assert again["test_x_mae"] == pytest.approx(err, rel=1e-9)
+
+
+def test_z_baseline_is_the_error_of_answering_zero(task, params):
+    cases = pd.DataFrame(
+        {
+            "case": ["a", "b", "c", "d"],
+            "group": ["g1", "g1", "g2", "g2"],
+            "stratum": "test",
+            "occluded": [0, 1, 0, 1],
+            "x": 1.0,
+            "y": 1.0,
+            "z": [2.0, -4.0, 6.0, -8.0],
+            "pred_x": 1.0,
+            "pred_y": 1.0,
+            "pred_z": 0.0,
+        }
+    )
+    scored = task.score(cases, params)
+    assert scored["test_z_mae_zero"] == scored["test_z_mae"] == 5.0
+    assert scored["test_z_skill"] == 0.0  # predicting zero has no skill
+    cases["pred_z"] = cases["z"] * 0.5
+    assert task.score(cases, params)["test_z_skill"] == pytest.approx(0.5)
+    assert task.score(cases, params)["test_occluded_z_mae"] == pytest.approx(3.0)
+
+
+def test_claim_names_the_experiment_arms(task):
+    arms = load_experiment("gas_leak", ROOT / "experiments").arms
+    assert {task.claim.better, task.claim.than} <= set(arms)
+    assert task.claim.metric.startswith("test_") and not task.claim.higher_is_better
 
 
 # --- validation -----------------------------------------------------------------------------------

@@ -30,7 +30,31 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-TASK = "fume_hood"
+TASK, ARM = "fume_hood", "custom_cnn"
+LABS, PHOTOS_PER_LAB = 10, 100
+
+
+def fake_cases(accuracy: float, loss: float):
+    """fume_hood's cases table (the columns its ``score`` reads) for one version: the same photos in the same labs
+    for every version, each lab with the share ``accuracy`` right (the first photos of each lab), every photo's
+    cross-entropy ``loss``. Two versions then differ by the same amount in every lab: a paired interval that
+    leaves no doubt, as when a real test split is large enough."""
+    import pandas as pd
+
+    right = round(accuracy * PHOTOS_PER_LAB)
+    rows = [
+        {
+            "case": f"lab{lab}-photo{i}",
+            "group": f"lab{lab}",
+            "stratum": "test",
+            "actual": 3,
+            "predicted": 3 if i < right else 5,
+            "cross_entropy": loss,
+        }
+        for lab in range(LABS)
+        for i in range(PHOTOS_PER_LAB)
+    ]
+    return pd.DataFrame(rows)
 
 
 def release_params(tmp_path):
@@ -63,12 +87,15 @@ def _registry(tmp_path):
         # The task's experiment (its artifact root is in MLOPS_HOME); the Default one would write ./mlruns in the cwd.
         with mlflow.start_run(experiment_id=experiment_id(settings, TASK)) as run:
             mlflow.log_text("weights would be here", "model/readme.txt")
+            # what the evaluate stage logs: the test cases its metrics come from (the gates pair versions on them)
+            mlflow.log_text(fake_cases(accuracy, loss).to_csv(index=False), f"evaluation/cases-{ARM}.csv")
         tags = {
             "mlops.validation.success": str(valid).lower(),
             "mlops.data.prepared_md5": md5,
             "mlops.metric.test_accuracy": str(accuracy),
             "mlops.metric.test_loss": str(loss),
             "mlops.git_commit": "c" * 40,
+            "mlops.arm": ARM,
         }
         client = mlflow.MlflowClient()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # exists already
@@ -92,7 +119,8 @@ def test_each_gate_refuses_with_its_name(registry):
         promote(TASK, good, settings, params, "rm", " ")
     promote(TASK, good, settings, params, "rm", "first release")
     worse = make(accuracy=0.7)  # passes the gate (>= 0.5) but trails the champion by 0.1 > 0.05
-    with pytest.raises(PromotionError, match=r"no_regression: test_accuracy=0.7 < champion 0.8 - 0.05"):
+    refusal = r"no_regression: .*test_accuracy: challenger - champion = -0.1 \[-0.1, -0.1\], worse by more than 0.05"
+    with pytest.raises(PromotionError, match=refusal):
         promote(TASK, worse, settings, params, "rm", "try")
     slightly = make(accuracy=0.77, loss=1.05)  # within both tolerances
     event = promote(TASK, slightly, settings, params, "rm", "within tolerance")
@@ -104,7 +132,7 @@ def test_regression_on_a_different_split_needs_that_data(registry):
     settings, params, _, make = registry
     promote(TASK, make(accuracy=0.8), settings, params, "rm", "first")
     other = make(accuracy=0.9, md5="md5-b")
-    with pytest.raises(PromotionError, match="re-evaluated on the candidate's test split"):
+    with pytest.raises(PromotionError, match="re-scored on the candidate's test split"):
         promote(TASK, other, settings, params, "rm", "new data")
 
 

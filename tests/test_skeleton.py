@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from mlops.data.arrays import load_array
+from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.fit.loop import FitConfig, fit
 from mlops.inference import BadInput
 from mlops.params import load_experiment
@@ -25,7 +25,7 @@ from mlops.tasks.capabilities import Calibrates, ComparesArms
 from mlops.tasks.skeleton.evaluate import compare_arms, window_labels
 from mlops.tasks.skeleton.inference import SkeletonPredictor, load
 from mlops.tasks.skeleton.layout import frame_path
-from mlops.tasks.skeleton.metrics import negative_elbo
+from mlops.tasks.skeleton.metrics import auroc, average_precision, negative_elbo
 from mlops.tasks.skeleton.model import MODELS, model_kwargs
 from mlops.tasks.skeleton.preprocess import (
     BODY25_LIMBS,
@@ -54,7 +54,7 @@ def tiny_params():
     raw["simulate"].update(
         n_train_videos=3,
         train_frames_per_video=45,
-        n_test_videos=1,
+        n_test_videos=2,
         test_frames_per_video=90,
         segment_seconds_min=0.8,
         segment_seconds_max=1.2,
@@ -188,7 +188,7 @@ def test_openpose_json_with_no_people_and_low_confidence_joints_is_read_and_coun
 
 def test_ingest_copies_the_layout_and_refuses_a_missing_video(raw, tmp_path):
     n = TASK.ingest(raw, tmp_path / "copy")
-    assert n == 3 * 45 + 90
+    assert n == 3 * 45 + 2 * 90
     assert (tmp_path / "copy" / "spans.csv").is_file()
     assert len(list((tmp_path / "copy" / "train_01").glob("*_keypoints.json"))) == 45
     videos = pd.read_csv(raw / "videos.csv")
@@ -270,7 +270,7 @@ def test_validation_fails_on_a_broken_dataset_and_names_the_frames(raw, params, 
 
 def test_manifest_counts_frames_and_joints(raw, params):
     table = TASK.manifest(raw, params)
-    assert len(table) == 3 * 45 + 90 and table.frame_id.is_unique
+    assert len(table) == 3 * 45 + 2 * 90 and table.frame_id.is_unique
     assert table.groupby("video").video_frames.first().to_dict()["test_01"] == 90
     assert set(table.n_joints.dropna()) == {25}
     assert table.loc[table.split_role == "test", "label"].isin([0, 1]).all()
@@ -288,14 +288,16 @@ def prepared(raw, params, tmp_path) -> Path:
 
 
 def test_prepare_splits_by_video_and_counts_windows(prepared, raw, params, tmp_path):
-    groups = {s: set(load_array(prepared, s, "groups")) for s in ("train", "val", "test")}
-    assert not groups["train"] & groups["val"] and groups["test"] == {"test_01"}
+    with open_sealed_splits("test"):
+        groups = {s: set(load_array(prepared, s, "groups")) for s in ("train", "val", "test")}
+        assert len(load_array(prepared, "test", "starts")) == 2 * (90 - 29)
+        assert load_array(prepared, "test", "y").any()
+        x = load_array(prepared, "test", "x")
+    assert not groups["train"] & groups["val"] and groups["test"] == {"test_01", "test_02"}
     assert len(groups["train"]) == 2 and len(groups["val"]) == 1
     assert len(load_array(prepared, "train", "starts")) == 2 * (45 - 29)
-    assert len(load_array(prepared, "test", "starts")) == 90 - 29
-    assert load_array(prepared, "train", "y").sum() == 0 and load_array(prepared, "test", "y").any()
-    x = load_array(prepared, "test", "x")
-    assert x.shape == (90, 28, 28) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
+    assert load_array(prepared, "train", "y").sum() == 0
+    assert x.shape == (2 * 90, 28, 28) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
     window, target = TASK.dataset(prepared, "val")[0]
     assert window.shape == (T, 28, 28) and torch.equal(window, target)
     TASK.prepare(raw, tmp_path / "again", params, seed=1)
@@ -316,16 +318,25 @@ def test_augmented_copies_are_jittered_windows_of_the_same_videos(raw, params, t
 
 
 def test_window_labels_by_last_frame_or_majority(prepared):
-    starts = load_array(prepared, "test", "starts")
-    y = load_array(prepared, "test", "y")
-    last, _ = window_labels(prepared, "test", starts, "last")
-    majority, actions = window_labels(prepared, "test", starts, "majority")
+    with open_sealed_splits("test"):
+        starts = load_array(prepared, "test", "starts")
+        y, frame_actions = load_array(prepared, "test", "y"), load_array(prepared, "test", "actions")
+        last, _ = window_labels(prepared, "test", starts, "last")
+        majority, actions = window_labels(prepared, "test", starts, "majority")
     assert np.array_equal(last, y[starts + T - 1])
     assert np.array_equal(majority, (np.stack([y[s : s + T] for s in starts]).mean(axis=1) > 0.5).astype(int))
+    assert not np.array_equal(last, majority)  # the two rules differ on these windows: the choice is tested
     assert set(actions[majority == 1]) <= set(ABNORMAL_ACTIONS)
+    # the window's action is its most frequent frame action (the first in sorted order of a tie)
+    assert list(actions) == [pd.Series(frame_actions[s : s + T]).mode().iloc[0] for s in starts]
 
 
-HPARAMS = {"latent": 16, "width": 4, "hidden": 16, "free_bits": 0.0, "window_latent": False}
+def test_the_study_label_is_the_repo_setting():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert TASK.Params.model_validate(raw["skeleton"]).evaluate.window_label == "majority"
+
+
+HPARAMS = {"latent": 16, "width": 4, "hidden": 16, "free_bits": 0.0, "window_latent": True}
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -338,6 +349,22 @@ def test_model_output_packs_reconstruction_and_kl(name):
     model.train()
     frames = 1 if name in ("ae", "vae") else T
     assert model(x).shape == (3, frames, 785)
+
+
+@pytest.mark.parametrize("window_latent", [True, False])
+def test_lstm_vae_has_one_latent_per_window_or_per_step(window_latent):
+    torch.manual_seed(0)
+    model = MODELS.build("lstm_vae", **model_kwargs("lstm_vae", {**HPARAMS, "window_latent": window_latent})).eval()
+    x = (torch.rand(2, T, 28, 28) < 0.1).float()
+    later = x.clone()
+    later[:, -1] = 1 - later[:, -1]  # only the window's last frame changes
+    with torch.no_grad():
+        out, changed = model(x), model(later)
+    kl = out[..., -1]
+    # One latent per window: its KL sits in row 0 and every frame's reconstruction depends on the whole window.
+    # One latent per step: the encoder has seen only frames up to t, so the first frame's reconstruction stays.
+    assert bool((kl[:, 1:] == 0).all()) == window_latent and bool((kl[:, 0] > 0).all())
+    assert (not torch.equal(out[:, 0], changed[:, 0])) == window_latent
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -374,7 +401,10 @@ def test_generic_loop_trains_evaluates_and_calibrates(prepared, params, tmp_path
     cfg = FitConfig(epochs=2, lr=3e-3, batch_size=8, weight_decay=0.0, seed=0, monitor="loss", mode="min")
     result = fit(TASK, model, TASK.dataset(prepared, "train"), TASK.dataset(prepared, "val"), cfg)
     assert {"val_loss", "val_reconstruction", "val_kl", "val_anomaly_score"} <= set(result.history[-1])
-    evaluation = TASK.evaluate(model, prepared, params, tmp_path / "eval")
+    with pytest.raises(SealedSplitError):  # evaluation reads the test split only where it is opened
+        TASK.evaluate(model, prepared, params, tmp_path / "eval")
+    with open_sealed_splits("test"):
+        evaluation = TASK.evaluate(model, prepared, params, tmp_path / "eval")
     m, table = evaluation.metrics, evaluation.tables["window_scores"]
     assert m["serving_threshold"] > 0
     # The metrics recomputed from the per-window table: AUROC as the share of (abnormal, normal) pairs
@@ -389,13 +419,82 @@ def test_generic_loop_trains_evaluates_and_calibrates(prepared, params, tmp_path
     assert m["test_false_alarm_rate"] == pytest.approx((neg > m["serving_threshold"]).mean())
     assert all(path.is_file() for path in evaluation.images.values())
     assert {"roc_curve.png", "score_timeline.png", "latent_embedding.png"} <= set(evaluation.images)
-    assert len(evaluation.tables["window_scores"]) == 90 - 29
+    assert len(evaluation.tables["window_scores"]) == 2 * (90 - 29)
     figures = compare_arms({"lstm_vae": evaluation.tables["window_scores"]}, tmp_path / "compare")
     assert set(figures) == {"roc_curves.png", "score_timelines.png"} and figures["roc_curves.png"].is_file()
     assert isinstance(TASK, Calibrates) and isinstance(TASK, ComparesArms)
+    # The serving threshold is calibrated on the val split alone: outside the sealed block (where a read of the
+    # test split raises) it comes out the same as the one evaluation reported.
     calibrated = TASK.calibrate(model, spec, prepared, params)
-    assert calibrated.extra["threshold"] == pytest.approx(evaluation.metrics["serving_threshold"])
+    assert calibrated.extra["threshold"] == evaluation.metrics["serving_threshold"]
     assert TASK.example_input(prepared).shape == (2, T, 28, 28)
+
+    # The cases: one row per test window, grouped by test video, scored into exactly the reported metrics.
+    cases = evaluation.cases
+    assert len(cases) == len(table) and cases["case"].is_unique and set(cases["stratum"]) == {"test"}
+    assert sorted(cases["group"].unique()) == ["test_01", "test_02"]
+    assert (cases.groupby("group").size() == 90 - 29).all()
+    assert cases["case"].iloc[0] == "test_01:0" and cases["case"].iloc[-1] == f"test_02:{90 - T}"
+    assert np.array_equal(cases["label"], table["label"]) and np.array_equal(cases["flagged"], table["flagged"])
+    scored = TASK.score(cases, params)
+    assert {"test_auroc", "test_average_precision", "test_detection_rate", "test_false_alarm_rate"} <= set(scored)
+    assert set(params.gates.min) | set(params.gates.max) <= set(scored)  # every gate has an interval
+    for name, value in scored.items():
+        assert value == pytest.approx(m[name], rel=1e-9, nan_ok=True), name
+    # the windows evaluate scored carry the label the params name (the study's majority rule)
+    with open_sealed_splits("test"):
+        starts = load_array(prepared, "test", "starts")
+        want, _ = window_labels(prepared, "test", starts, params.evaluate.window_label)
+    assert params.evaluate.window_label == "majority" and np.array_equal(cases["label"], want)
+
+
+def test_ranking_metrics_match_scikit_learn_and_resamples_score():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # rounded: many ties
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), rel=1e-12)
+    assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), rel=1e-12)
+    assert np.isnan(auroc(np.zeros(5), scores[:5])) and np.isnan(average_precision(np.ones(5), scores[:5]))
+    cases = pd.DataFrame(
+        {"case": [f"v{i % 4}:{i}" for i in range(400)], "group": [f"v{i % 4}" for i in range(400)],
+         "stratum": "test", "label": labels, "score": scores, "flagged": scores > 0.8,
+         "action": np.where(labels == 1, np.where(np.arange(400) % 2, "throw_trash", "dig_in_bin"), "normal")}
+    )  # fmt: skip
+    m = TASK.score(cases, tiny_params())
+    flagged, abnormal = scores > 0.8, labels == 1
+    assert m["test_detection_rate"] == pytest.approx(flagged[abnormal].mean())
+    assert m["test_false_alarm_rate"] == pytest.approx(flagged[~abnormal].mean())
+    assert m["test_precision"] == pytest.approx(abnormal[flagged].mean())
+    assert m["test_f1"] == pytest.approx(2 * (flagged & abnormal).sum() / (flagged.sum() + abnormal.sum()))
+    throw = abnormal & (cases["action"].to_numpy() == "throw_trash")
+    assert m["test_detection_rate_throw_trash"] == pytest.approx(flagged[throw].mean())
+    # a resample holding normal windows only (one video drawn twice) gives NaN, it does not raise
+    normal = cases[~abnormal]
+    again = TASK.score(pd.concat([normal, normal]), tiny_params())
+    assert np.isnan(again["test_auroc"]) and np.isnan(again["test_detection_rate"])
+
+
+def test_test_videos_are_workers_unseen_in_training(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["skeleton"]
+    params = TASK.Params.model_validate(raw)
+    assert params.simulate.n_test_videos >= 8  # the AUROC's interval is resampled over test videos
+    # the repo's simulator settings with short videos: who is filmed does not depend on the length
+    raw["simulate"].update(train_frames_per_video=31, test_frames_per_video=31, segment_seconds_min=0.2,
+                           segment_seconds_max=0.4)  # fmt: skip
+    small = TASK.Params.model_validate(raw)
+    TASK.simulate(tmp_path, small, seed=0, progress=lambda _: None)
+    videos = pd.read_csv(tmp_path / "videos.csv")
+    test = videos[videos["split_role"] == "test"]
+    assert len(test) == params.simulate.n_test_videos and test["person"].is_unique
+    assert not set(test["person"]) & set(videos.loc[videos["split_role"] == "train", "person"])
+
+
+def test_claim_names_the_experiment_arms():
+    arms = load_experiment("skeleton", ROOT / "experiments").arms
+    claim = TASK.claim
+    assert {claim.better, claim.than} <= set(arms) and claim.metric == "test_auroc" and claim.higher_is_better
 
 
 # --- serving -----------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ CORE = (
 TASK_PY_MAX_LINES = 200
 #: the layers, bottom first: a module may import its own layer and the ones below, never one above
 LAYERS = (
-    ("runtime", "config", "settings"),
+    ("runtime", "config", "settings", "stats"),
     ("data",),
     ("validation", "inference"),
     ("tracking",),

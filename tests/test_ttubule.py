@@ -9,13 +9,15 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import torch
 import yaml
 
-from mlops.data.arrays import load_array, read_meta
+from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits, read_meta
 from mlops.inference import BadInput
+from mlops.stats import bootstrap
 from mlops.tasks import get_task
 from mlops.tasks.ttubule.inference import TTubulePredictor, load
 from mlops.tasks.ttubule.instances import (
@@ -27,7 +29,15 @@ from mlops.tasks.ttubule.instances import (
 )
 from mlops.tasks.ttubule.layout import LABELS_FILE, META_FILE
 from mlops.tasks.ttubule.layout import TTUBULE as TTUBULE_CLASS
-from mlops.tasks.ttubule.metrics import plain_loss, segmentation_loss, swept_class_metrics
+from mlops.tasks.ttubule.metrics import (
+    best_thresholds,
+    mean_best_threshold,
+    plain_loss,
+    pooled_curves,
+    score_cases,
+    segmentation_loss,
+    slice_counts,
+)
 from mlops.tasks.ttubule.model import LossConfig, UNet, predict_whole, sliding_window, with_loss_constants
 from mlops.tasks.ttubule.normalize import PeakSettings, histogram_peaks, normalize_stack, piecewise_linear
 from mlops.tasks.ttubule.params import AugmentParams, SimSettings, TTubuleParams
@@ -208,14 +218,56 @@ def test_instances_are_counted_and_touching_ones_split():
     assert true_stats.volume_fraction == pytest.approx((truth > 0).mean())
 
 
-def test_swept_threshold_metrics_use_the_mean_of_per_slice_best_thresholds():
-    labels = np.zeros((2, 4, 4), dtype=np.uint8)
-    labels[:, :2] = 3
-    prob = np.zeros((2, 4, 4))
-    prob[0, :2], prob[1, :2] = 100 / 255, 200 / 255  # slice 0 separates at t < 100, slice 1 at t < 200
-    metrics, curves, best = swept_class_metrics(prob, labels, 3)
-    assert best == [0, 0] and metrics["threshold"] == 0 and metrics["f"] == 1.0
+def test_the_threshold_is_the_mean_of_the_per_slice_best_thresholds():
+    labels = np.zeros((3, 4, 4), dtype=np.uint8)
+    labels[:2, :2] = 3  # slice 2 holds no T-tubule: it has no best threshold
+    prob = np.full((3, 4, 4), 30 / 255)
+    prob[0, :2], prob[1, :2] = 100 / 255, 200 / 255
+    prob[1, 2:] = 150 / 255  # slice 1 separates only above 150
+    best = best_thresholds(prob, labels, 3)
+    assert best == [30, 150]  # the lowest threshold reaching each slice's best F
+    assert mean_best_threshold(best) == 90 and mean_best_threshold([]) == 127
+    curves = pooled_curves(prob, labels, 3)
     assert len(curves) == 256 and curves["f"].iloc[150] == pytest.approx(2 * 8 / (2 * 8 + 8))
+
+
+def test_slice_counts_use_the_served_rounding():
+    labels = np.zeros((2, 2, 2), dtype=np.uint8)
+    labels[0, 0] = 3
+    prob = np.array([[[0.5, 0.1], [0.9, 0.0]], [[0.2, 0.2], [0.2, 0.2]]])  # 0.5 -> 128 > 127
+    tp, fp, fn = slice_counts(prob, labels, 3, threshold=127)
+    assert tp.tolist() == [1, 0] and fp.tolist() == [1, 0] and fn.tolist() == [1, 0]
+
+
+def _cases(**columns) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    return pd.DataFrame(
+        {"case": [f"v{i}:{i:04d}" for i in range(n)], "group": [f"v{i}" for i in range(n)], "stratum": "test"} | columns
+    )
+
+
+def test_the_studys_per_slice_mean_differs_from_the_pooled_f():
+    # Slice 0: 100 T-tubule voxels, all found. Slice 1: 10, none found. Slice 2: no T-tubule, 5 false positives.
+    cases = _cases(ttubule_tp=[100, 0, 0], ttubule_fp=[0, 0, 5], ttubule_fn=[0, 10, 0])
+    m = score_cases(cases)
+    assert m["test_ttubule_f"] == pytest.approx((1.0 + 0.0) / 2)  # slice 2 is skipped: no T-tubule in it
+    assert m["test_ttubule_recall"] == pytest.approx(0.5)
+    assert m["test_ttubule_precision"] == pytest.approx(0.5)  # slice 1 predicts none: precision 0, not 1
+    assert m["test_ttubule_iou"] == pytest.approx(0.5)
+    assert m["test_ttubule_pooled_f"] == pytest.approx(200 / (200 + 5 + 10))  # counts every slice's voxels
+    assert m["test_ttubule_pooled_iou"] == pytest.approx(100 / (100 + 5 + 10))
+    assert "test_mitochondria_f" not in m  # single-label cases: T-tubule columns only
+
+
+def test_a_resample_without_the_class_scores_nan_not_an_error():
+    cases = _cases(ttubule_tp=[50, 0, 0], ttubule_fp=[3, 0, 7], ttubule_fn=[5, 0, 0])
+    without = score_cases(cases.iloc[[1, 2, 2]])  # a resample with a repeated slice and no T-tubule
+    assert set(without) == set(score_cases(cases))
+    assert all(math.isnan(v) for v in without.values())
+    # The bootstrap over volumes draws such resamples (1 volume of 3 holds the class): no error, no interval.
+    intervals = bootstrap(cases, score_cases, resamples=200, seed=0)
+    assert intervals["test_ttubule_f"].value == pytest.approx(2 * 50 / (100 + 3 + 5))
+    assert intervals["test_ttubule_f"].low is None
 
 
 def test_compare_draws_both_arms_tubule_curves(tmp_path):
@@ -224,9 +276,10 @@ def test_compare_draws_both_arms_tubule_curves(tmp_path):
     rng = np.random.default_rng(0)
     tables = {
         arm: {
-            "threshold_curves": swept_class_metrics(rng.random((2, 8, 8)), labels, 3)[1].assign(**{"class": "ttubule"})
+            "threshold_curves": pooled_curves(rng.random((2, 8, 8)), labels, 3).assign(**{"class": "ttubule"}),
+            "class_metrics": pd.DataFrame([{"class": "ttubule", "val_threshold": t}]),
         }
-        for arm in ("multi_label", "single_label")
+        for arm, t in (("multi_label", 90), ("single_label", 60))
     }
     figures = TASK.compare(tables, tmp_path)
     assert list(figures) == ["ttubule_arms.png"] and figures["ttubule_arms.png"].stat().st_size > 0
@@ -315,7 +368,8 @@ def test_prepare_splits_by_volume_normalises_and_keeps_whole_test_slices(raw, tm
     assert len({g for s in groups.values() for g in s}) == 3  # every volume in exactly one split
     assert load_array(prep, "train", "x").shape == (12, 32, 32)
     assert load_array(prep, "train", "y").shape == (12, 2, 32, 32)
-    assert load_array(prep, "test", "x").shape == (6, 64, 64)  # whole slices for sliding-window inference
+    with open_sealed_splits("test"):
+        assert load_array(prep, "test", "x").shape == (6, 64, 64)  # whole slices for sliding-window inference
     train = TASK.dataset(prep, "train")
     x, y = train[0]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and y.shape == (2, 32, 32)
@@ -469,13 +523,51 @@ def test_a_loss_without_its_constant_is_refused():
 def test_evaluate_reports_per_class_tables_and_instances(raw, tmp_path, params, label_mode):
     TASK.prepare(raw, tmp_path / "prep", params, seed=0)
     model, _ = TASK.build_model({"label_mode": label_mode, "width": 4}, tmp_path / "prep")
-    evaluation = TASK.evaluate(model.eval(), tmp_path / "prep", params, tmp_path / "eval")
+    with pytest.raises(SealedSplitError):  # outside the evaluate stage the test split is sealed
+        TASK.evaluate(model.eval(), tmp_path / "prep", params, tmp_path / "eval")
+    with open_sealed_splits("test"):
+        evaluation = TASK.evaluate(model.eval(), tmp_path / "prep", params, tmp_path / "eval")
+        test_ids = load_array(tmp_path / "prep", "test", "ids")
     m = evaluation.metrics
-    for key in ("f", "precision", "recall", "iou", "threshold", "instances", "instances_true", "volume_um3"):
+    for key in ("f", "precision", "recall", "iou", "pooled_f", "instances", "instances_true", "volume_um3"):
         assert f"test_ttubule_{key}" in m
+    assert "val_ttubule_threshold" in m and not any("best_f" in k or k.startswith("test_ttubule_thr") for k in m)
     assert ("test_mitochondria_f" in m) == (label_mode == "multi")
     assert all(p.is_file() for p in evaluation.images.values())
-    assert set(evaluation.tables) == {"class_metrics", "threshold_curves", "slice_thresholds", "instances"}
+    assert set(evaluation.tables) == {"class_metrics", "threshold_curves", "val_slice_thresholds", "instances"}
+    # One row per test slice, grouped by its volume; score() gives back every headline metric exactly.
+    cases = evaluation.cases
+    assert sorted(cases["case"]) == sorted(str(i) for i in test_ids) and set(cases["stratum"]) == {"test"}
+    assert (cases["group"] == cases["case"].str.split(":").str[0]).all()
+    scored = TASK.score(cases, params)
+    assert "test_ttubule_f" in scored and not any("instances" in k or "volume" in k for k in scored)
+    for name, value in scored.items():
+        assert value == pytest.approx(m[name], rel=1e-12, nan_ok=True), name
+
+
+def test_evaluate_scores_test_at_the_validation_thresholds(raw, tmp_path, params):
+    prep = tmp_path / "prep"
+    TASK.prepare(raw, prep, params, seed=0)
+    torch.manual_seed(0)
+    model, spec = TASK.build_model({"label_mode": "multi", "width": 4}, prep)
+    model.eval()
+    calibrated = TASK.calibrate(model, spec, prep, params).extra["thresholds"]  # sealed: it reads val only
+    with open_sealed_splits("test"):
+        first = TASK.evaluate(model, prep, params, tmp_path / "a")
+        y = load_array(prep, "test", "y")
+    assert {n: int(first.metrics[f"val_{n}_threshold"]) for n in calibrated} == calibrated
+    # Other test labels (the myofibril of the top 16 rows relabelled T-tubule): other scores, the same thresholds.
+    changed = y.copy()
+    top = changed[:, 0, :16]
+    top[top == 2] = 3
+    np.save(prep / "test" / "y.npy", changed)
+    with open_sealed_splits("test"):
+        second = TASK.evaluate(model, prep, params, tmp_path / "b")
+    for name in calibrated:
+        assert second.metrics[f"val_{name}_threshold"] == first.metrics[f"val_{name}_threshold"]
+    assert math.isfinite(first.metrics["test_ttubule_f"])
+    assert second.metrics["test_ttubule_f"] != first.metrics["test_ttubule_f"]
+    assert second.tables["class_metrics"]["val_threshold"].tolist() == list(calibrated.values())
 
 
 def test_calibrate_stores_the_validation_thresholds_the_predictor_then_uses(raw, tmp_path, params):
@@ -604,8 +696,9 @@ def test_slab_split_keeps_each_slab_whole(raw, tmp_path, params):
     groups = read_meta(tmp_path / "prep")["split_groups"]
     assert sum(len(g) for g in groups.values()) == 6  # 3 volumes x 2 slabs, each in exactly one split
     for split in ("val", "test"):
-        ids = load_array(tmp_path / "prep", split, "ids")
-        slabs = load_array(tmp_path / "prep", split, "groups")
+        with open_sealed_splits("test"):
+            ids = load_array(tmp_path / "prep", split, "ids")
+            slabs = load_array(tmp_path / "prep", split, "groups")
         for slab in np.unique(slabs):
             zs = sorted(int(i.split(":")[1]) for i in ids[slabs == slab])
             assert len(zs) == 3 and zs == list(range(zs[0], zs[0] + 3))  # a contiguous, complete slab

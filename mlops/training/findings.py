@@ -44,9 +44,25 @@ class Judgement:
     sign_test_p: float
     verdict: str
     per_seed: pd.DataFrame
+    #: seeds in which the arm the pipeline would select (best validation metric) is the most frequent choice
+    val_choice: str = ""
 
 
-def judge(runs: pd.DataFrame, task: str, claim: Claim, level: float = 0.95) -> Judgement:
+def selection_stability(runs: pd.DataFrame, val_maximize: bool) -> str:
+    """How often the arm with the best validation metric is the same one across seeds (how much a one-seed
+    pipeline's choice of arm can be trusted): e.g. "multi_label in 5 of 5 seeds"."""
+    columns = [c for c in runs.columns if c.startswith("val_")]
+    if len(columns) != 1 or runs["arm"].nunique() < 2:
+        return ""
+    wide = runs.pivot_table(index="seed", columns="arm", values=columns[0]).dropna()
+    chosen = wide.idxmax(axis=1) if val_maximize else wide.idxmin(axis=1)
+    counts = chosen.value_counts()
+    return f"`{counts.index[0]}` chosen on {columns[0]} in {int(counts.iloc[0])} of {len(chosen)} seeds"
+
+
+def judge(
+    runs: pd.DataFrame, task: str, claim: Claim, level: float = 0.95, val_maximize: bool | None = None
+) -> Judgement:
     """The claim judged on ``runs`` (repeats' runs.csv: one row per seed and arm)."""
     from scipy import stats
 
@@ -81,7 +97,8 @@ def judge(runs: pd.DataFrame, task: str, claim: Claim, level: float = 0.95) -> J
     else:
         verdict = "inconclusive"
     per_seed = wide.reset_index()
-    return Judgement(task, claim, n, mean, low, high, wins, losses, sign_test(wins, losses), verdict, per_seed)
+    choice = "" if val_maximize is None else selection_stability(runs, val_maximize)
+    return Judgement(task, claim, n, mean, low, high, wins, losses, sign_test(wins, losses), verdict, per_seed, choice)
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -161,6 +178,11 @@ def page(judgements: list[Judgement], metrics_paths: dict[str, Path], about: dic
             "",
             markdown_table(j.per_seed),
             "",
+            *(
+                [f"- Selection on validation (what a one-seed pipeline would pick): {j.val_choice}."]
+                if j.val_choice
+                else []
+            ),
             *_pipeline_lines(metrics_paths[j.task], c),
             "",
             f"**What the simulator does and does not test:** {c.simulator_note or '(not stated)'}",

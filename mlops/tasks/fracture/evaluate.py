@@ -1,23 +1,36 @@
-"""fracture's test-split evaluation: metrics, calibration, the "unknown" answer's cost, the out-of-domain probe
-(natural photos the model must not be sure about), Grad-CAM figures and the tables behind them."""
+"""fracture's test-split evaluation: the cases (test fractographs and the out-of-domain probe, natural photos the
+model must not be sure about) and the metrics scored from them (accuracy, calibration, the "unknown" answer's cost),
+Grad-CAM figures and the tables behind them; and the calibration of the served "unknown" threshold on validation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from mlops.data.arrays import load_array, read_meta
 from mlops.inference.gradcam import grad_cam
-from mlops.tasks.base import Evaluation
+from mlops.tasks.base import CASE, GROUP, STRATUM, Evaluation, ModelSpec
 from mlops.tasks.fracture import plots
 from mlops.tasks.fracture.layout import CLASSES
-from mlops.tasks.fracture.metrics import confidence_auroc, expected_calibration_error, val_metrics
+from mlops.tasks.fracture.metrics import (
+    ACTUAL,
+    ANSWERED,
+    CONFIDENCE,
+    CORRECT,
+    CROSS_ENTROPY,
+    IN_DOMAIN,
+    PREDICTED,
+    PROBE,
+    expected_calibration_error,
+    score,
+    unknown_threshold,
+)
 from mlops.tasks.fracture.model import N_CLASSES, UNKNOWN, predicted_class_logit
 from mlops.tasks.fracture.params import FractureParams
 from mlops.tasks.fracture.prepare import dataset
@@ -44,9 +57,10 @@ def ood_photo_paths() -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
-def ood_inputs(size: int, crops: int) -> tuple[np.ndarray, list[str]]:
-    """Model inputs (N, size, size) from the probe photos: each whole, plus up to 4 corner crops."""
-    images, names = [], []
+def ood_inputs(size: int, crops: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """Model inputs (N, size, size) from the probe photos: each whole, plus up to 4 corner crops; their names and
+    the photo each comes from (a photo and its crops are one group: they are not independent)."""
+    images, names, photos = [], [], []
     for path in ood_photo_paths():
         with Image.open(path) as img:
             rgb = img.convert("RGB")
@@ -57,124 +71,161 @@ def ood_inputs(size: int, crops: int) -> tuple[np.ndarray, list[str]]:
         for k, (left, top) in enumerate(corners[:crops]):
             images.append(square_gray_input(rgb.crop((left, top, left + half, top + half)), size))
             names.append(f"{path.stem}-crop{k}")
+        photos += [path.stem] * (len(names) - len(photos))
     if not images:
-        return np.zeros((0, size, size), dtype=np.float32), []
-    return np.stack(images).astype(np.float32), names
+        return np.zeros((0, size, size), dtype=np.float32), [], []
+    return np.stack(images).astype(np.float32), names, photos
 
 
-@dataclass
-class OutOfDomain:
-    """The model's answers on the natural probe photos."""
-
-    inputs: np.ndarray
-    probs: np.ndarray
-    confidence: np.ndarray
-    metrics: dict[str, float]
-    table: pd.DataFrame
-    tradeoff: pd.DataFrame
+def probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Class probabilities (N, classes) of model inputs (N, 1, size, size)."""
+    if not len(x):
+        return np.zeros((0, N_CLASSES), dtype=np.float32)
+    with torch.no_grad():
+        return model.eval()(x).softmax(dim=1).numpy()
 
 
-def out_of_domain_check(
-    model: nn.Module, size: int, crops: int, threshold: float, test_confidence: np.ndarray
-) -> OutOfDomain:
-    """Confidence on natural photos vs test fractographs: metrics, per-photo answers, threshold trade-off."""
-    x, names = ood_inputs(size, crops)
-    if len(x):
-        with torch.no_grad():
-            probs = model.eval()(torch.from_numpy(x)[:, None]).softmax(dim=1).numpy()
-    else:
-        probs = np.zeros((0, N_CLASSES), dtype=np.float32)
-    conf, best = probs.max(axis=1, initial=0.0), probs.argmax(axis=1)
+def val_confidence(model: nn.Module, prepared_dir: Path) -> np.ndarray:
+    """The top class probability of each validation fractograph."""
+    x, _ = dataset(prepared_dir, "val").tensors
+    return probabilities(model, x).max(axis=1)
+
+
+def calibrated_threshold(model: nn.Module, prepared_dir: Path, params: FractureParams) -> float:
+    """The "unknown" threshold of ``model``: withholds ``input.unknown_val_share`` of the validation fractographs.
+    Calibration and evaluation both call this, so the evaluated threshold is the served one."""
+    return unknown_threshold(val_confidence(model, prepared_dir), params.input.unknown_val_share)
+
+
+def calibrate(model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: FractureParams) -> ModelSpec:
+    """The spec with the served "unknown" threshold in ``extra`` (called after training, before saving)."""
+    threshold = calibrated_threshold(model, prepared_dir, params)
+    extra = {**spec.extra, "unknown_threshold": threshold, "unknown_val_share": params.input.unknown_val_share}
+    return ModelSpec(spec.task, spec.model, spec.model_kwargs, spec.inference_module, extra)
+
+
+def fractograph_cases(
+    ids: np.ndarray, specimens: np.ndarray, actual: np.ndarray, logits: torch.Tensor, threshold: float
+) -> pd.DataFrame:
+    """One row per test fractograph; its specimen (or member) is the independent unit."""
+    probs = logits.softmax(dim=1).numpy()
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1).astype(np.float64)
+    ce = F.cross_entropy(logits, torch.from_numpy(actual), reduction="none").numpy().astype(np.float64)
+    return pd.DataFrame(
+        {
+            CASE: ids,
+            GROUP: specimens,
+            STRATUM: IN_DOMAIN,
+            ACTUAL: actual,
+            PREDICTED: predicted,
+            CONFIDENCE: confidence,
+            CORRECT: predicted == actual,
+            ANSWERED: confidence >= threshold,
+            CROSS_ENTROPY: ce,
+        }
+    )
+
+
+def probe_cases(names: list[str], photos: list[str], probs: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per probe input (a natural photo or one of its crops): no class, so never correct; the photo is the
+    group."""
+    confidence = probs.max(axis=1).astype(np.float64)
+    return pd.DataFrame(
+        {
+            CASE: [f"{PROBE}:{name}" for name in names],
+            GROUP: [f"{PROBE}:{photo}" for photo in photos],
+            STRATUM: PROBE,
+            ACTUAL: np.full(len(names), -1, dtype=np.int64),
+            PREDICTED: probs.argmax(axis=1).astype(np.int64),
+            CONFIDENCE: confidence,
+            CORRECT: np.zeros(len(names), dtype=bool),
+            ANSWERED: confidence >= threshold,
+            CROSS_ENTROPY: np.full(len(names), np.nan),
+        }
+    )
+
+
+def threshold_tradeoff(
+    val_confidence: np.ndarray, test_confidence: np.ndarray, ood_confidence: np.ndarray
+) -> pd.DataFrame:
+    """What other settings of ``input.unknown_val_share`` would withhold in domain and catch out of domain (each
+    threshold calibrated on validation, as the served one is)."""
+    shares = np.asarray([0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3])
+    thresholds = [unknown_threshold(val_confidence, s) for s in shares]
     nan = float("nan")
-    metrics = {
-        "ood_images": float(len(x)),
-        # NaN, not a misleading number, when no probe photo is installed.
-        "ood_mean_max_probability": float(conf.mean()) if len(x) else nan,
-        "ood_unknown_share": float((conf < threshold).mean()) if len(x) else nan,
-        # Threshold-free: how well confidence separates test fractographs from photos (0.5 = not at all).
-        "ood_auroc": confidence_auroc(test_confidence, conf),
-    }
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "image": names,
-            "most_likely": [CLASSES[int(i)] for i in best],
-            "confidence": conf,
-            "answer": [UNKNOWN if c < threshold else CLASSES[int(i)] for c, i in zip(conf, best, strict=True)],
+            "unknown_val_share": shares,
+            "threshold": thresholds,
+            "test_unknown_share": [float((test_confidence < t).mean()) for t in thresholds],
+            "ood_unknown_share": [
+                float((ood_confidence < t).mean()) if len(ood_confidence) else nan for t in thresholds
+            ],
         }
     )
-    # What other thresholds would withhold in domain and catch out of domain (to choose input.unknown_threshold).
-    grid = np.round(np.arange(0.3, 0.96, 0.05), 2)
-    tradeoff = pd.DataFrame(
-        {
-            "threshold": grid,
-            "test_unknown_share": [float((test_confidence < t).mean()) for t in grid],
-            "ood_unknown_share": [float((conf < t).mean()) if len(x) else nan for t in grid],
-        }
-    )
-    return OutOfDomain(x, probs, conf, metrics, table, tradeoff)
 
 
 def evaluate(model: nn.Module, prepared_dir: Path, params: FractureParams, out_dir: Path) -> Evaluation:
     out_dir.mkdir(parents=True, exist_ok=True)
+    e = params.evaluate
     meta = read_meta(prepared_dir)
-    threshold = float(meta["unknown_threshold"])
+    threshold = calibrated_threshold(model, prepared_dir, params)
+
     x, y = dataset(prepared_dir, "test").tensors
     model.eval()
     with torch.no_grad():
         logits = model(x)
-    probs = logits.softmax(dim=1).numpy()
-    predicted, actual = probs.argmax(axis=1), y.numpy()
-    metrics = {f"test_{k}": v for k, v in val_metrics(logits, y).items()}
-    for c, name in enumerate(CLASSES):
-        in_class = actual == c
-        metrics[f"test_recall_{name}"] = float((predicted[in_class] == c).mean()) if in_class.any() else float("nan")
-    correct = predicted == actual
-    ece, reliability = expected_calibration_error(probs, correct, params.evaluate.calibration_bins)
-    metrics["test_ece"] = ece
-    confidence = probs.max(axis=1)
-    answered = confidence >= threshold
-    # In-domain cost of the "unknown" answer: how often a real fractograph is withheld, and the
-    # accuracy on those that are answered.
-    metrics["test_unknown_share"] = float((~answered).mean())
-    metrics["test_answered_accuracy"] = float(correct[answered].mean()) if answered.any() else float("nan")
-
-    ood = out_of_domain_check(model, meta["input_size"], params.evaluate.ood_crops, threshold, confidence)
-    metrics |= ood.metrics
-
-    heat = grad_cam(model, x, predicted_class_logit, model.cam_layer).numpy()
     ids = load_array(prepared_dir, "test", "ids")
+    test = fractograph_cases(ids, load_array(prepared_dir, "test", "groups"), y.numpy(), logits, threshold)
+    ood_x, ood_names, ood_photos = ood_inputs(meta["input_size"], e.ood_crops)
+    ood_probs = probabilities(model, torch.from_numpy(ood_x)[:, None])
+    probe = probe_cases(ood_names, ood_photos, ood_probs, threshold)
+    cases = pd.concat([test, probe], ignore_index=True)
+    metrics = score(cases, e.calibration_bins)
+    metrics["ood_images"] = float(len(probe))
+    metrics["unknown_threshold"] = threshold
+
+    actual, predicted = test[ACTUAL].to_numpy(), test[PREDICTED].to_numpy()
+    confidence, answered = test[CONFIDENCE].to_numpy(), test[ANSWERED].to_numpy()
+    probs = logits.softmax(dim=1).numpy()
+    _, reliability = expected_calibration_error(probs, test[CORRECT].to_numpy(), e.calibration_bins)
+    heat = grad_cam(model, x, predicted_class_logit, model.cam_layer).numpy()
+    ood_confidence = probe[CONFIDENCE].to_numpy()
     images = {
         "confusion_matrix.png": plots.confusion_matrix(actual, predicted, CLASSES, out_dir),
-        "reliability_diagram.png": plots.reliability_diagram(reliability, ece, out_dir),
+        "reliability_diagram.png": plots.reliability_diagram(reliability, metrics["test_ece"], out_dir),
         "gradcam_overlays.png": plots.gradcam_grid(
-            x[:, 0].numpy(),
-            heat,
-            actual,
-            predicted,
-            confidence,
-            ids,
-            CLASSES,
-            params.evaluate.gradcam_samples,
-            out_dir,
+            x[:, 0].numpy(), heat, actual, predicted, confidence, ids, CLASSES, e.gradcam_samples, out_dir
         ),
         "out_of_domain.png": plots.out_of_domain(
-            confidence, ood.inputs, ood.confidence, ood.probs, CLASSES, threshold, out_dir
+            confidence, ood_x, ood_confidence, ood_probs, CLASSES, threshold, out_dir
         ),
     }
-    answers = [CLASSES[p] if a else UNKNOWN for p, a in zip(predicted, answered, strict=True)]
     predictions = pd.DataFrame(
         {
             "image_id": ids,
             "actual": [CLASSES[a] for a in actual],
             "predicted": [CLASSES[p] for p in predicted],
-            "answer": answers,
+            "answer": [CLASSES[p] if a else UNKNOWN for p, a in zip(predicted, answered, strict=True)],
             "confidence": confidence,
+        }
+    )
+    out_of_domain = pd.DataFrame(
+        {
+            "image": ood_names,
+            "most_likely": [CLASSES[int(i)] for i in probe[PREDICTED]],
+            "confidence": ood_confidence,
+            "answer": [
+                CLASSES[int(i)] if a else UNKNOWN for i, a in zip(probe[PREDICTED], probe[ANSWERED], strict=True)
+            ],
         }
     )
     tables = {
         "predictions": predictions,
         "reliability": reliability,
-        "out_of_domain": ood.table,
-        "unknown_threshold_tradeoff": ood.tradeoff,
+        "out_of_domain": out_of_domain,
+        "unknown_threshold_tradeoff": threshold_tradeoff(
+            val_confidence(model, prepared_dir), confidence, ood_confidence
+        ),
     }
-    return Evaluation(metrics=metrics, images=images, tables=tables)
+    return Evaluation(metrics=metrics, images=images, tables=tables, cases=cases)

@@ -23,6 +23,11 @@ class FracturePredictor(ImageClassifier):
     def __init__(self, model: torch.nn.Module, spec: dict[str, Any]):
         super().__init__(model, spec)
         self.size = int(spec["extra"]["input_size"])
+        if "unknown_threshold" not in spec["extra"]:
+            raise ValueError(
+                "this fracture model's spec has no unknown_threshold: it is calibrated on validation when the train "
+                "stage saves the model (`mlops train`); a model saved without calibration cannot be served"
+            )
         self.threshold = float(spec["extra"]["unknown_threshold"])
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -91,7 +91,8 @@ def predicted_class_logit(logits: torch.Tensor) -> torch.Tensor:
 def build(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) -> tuple[nn.Module, ModelSpec]:
     """The model ``hparams['model']`` names and its spec.
 
-    The serving threshold travels with the weights (prepare copies it from params.input).
+    The served "unknown" threshold is not known yet: the train stage calibrates it on validation after training
+    (``FractureTask.calibrate``) and it then travels with the weights in ``extra``.
     """
     kwargs = {
         "width": int(hparams["width"]),
@@ -106,7 +107,6 @@ def build(hparams: dict[str, Any], prepared_dir: Path, inference_module: str) ->
         inference_module=inference_module,
         extra={
             "input_size": meta["input_size"],
-            "unknown_threshold": meta["unknown_threshold"],
             "classes": list(CLASSES),
         },
     )

@@ -37,7 +37,8 @@ class FractureValidationParams(ValidationParams):
 
 class InputParams(Strict):
     size: Annotated[int, Field(ge=16)]
-    unknown_threshold: Annotated[float, Field(ge=0, le=1)]
+    #: share of the in-domain validation images the served "unknown" threshold may withhold (its calibration)
+    unknown_val_share: Annotated[float, Field(ge=0, lt=1)]
 
 
 class AugmentParams(Strict):

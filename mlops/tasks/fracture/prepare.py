@@ -87,7 +87,6 @@ def prepare(raw_dir: Path, out_dir: Path, params: FractureParams, seed: int) -> 
         {
             "task": "fracture",
             "input_size": size,
-            "unknown_threshold": params.input.unknown_threshold,
             "classes": list(CLASSES),
             "sizes": sizes,
             "outliers": n_out,

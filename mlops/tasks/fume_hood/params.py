@@ -41,6 +41,8 @@ class AugmentParams(Strict):
 class EvaluateParams(Strict):
     gradcam_samples: int
     pointing_tolerance_px: int
+    #: blur (model-input pixels) of the model-free pointer the Grad-CAM hit rate is compared with
+    model_free_blur_px: float
 
 
 class FumeHoodParams(TaskParams):

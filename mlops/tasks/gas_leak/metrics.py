@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mlops.tasks.base import STRATUM
 from mlops.tasks.gas_leak.model import N_ANSWER
 
 #: weight of the depth-velocity error (pix/s) against the position loss in both heads' training loss
@@ -42,6 +43,34 @@ def errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         "z_mae": float(err[:, 2].mean()),
         "xy_error": float(np.hypot(err[:, 0], err[:, 1]).mean()),
     }
+
+
+#: the strata of the cases table: in-domain test scenes and the held-out field footage (resampled apart)
+STRATA = ("test", "field")
+_TRUE, _PRED = ["x", "y", "z"], ["pred_x", "pred_y", "pred_z"]
+
+
+def score(cases: pd.DataFrame) -> dict[str, float]:
+    """The test and field errors, whole and split into visible / occluded sources, from a cases table (one row per
+    sequence: ``stratum``, ``occluded``, true ``x, y, z`` and ``pred_x, pred_y, pred_z``), or any resample of it.
+
+    Beside Z's error stands the study's baseline for it, the error of answering Z = 0 (``<split>_z_mae_zero``,
+    the mean |Z|), and ``<split>_z_skill`` = 1 - z_mae / z_mae_zero: at or below 0 the model has no skill on Z, it
+    does no better than saying "no depth flow". A split without rows gives NaN."""
+    stratum = cases[STRATUM].to_numpy()
+    occluded = cases["occluded"].to_numpy().astype(bool)
+    true = cases[_TRUE].to_numpy(dtype=np.float64)
+    pred = cases[_PRED].to_numpy(dtype=np.float64)
+    out: dict[str, float] = {}
+    for split in STRATA:
+        rows = stratum == split
+        for subset, mask in (("", rows), ("visible_", rows & ~occluded), ("occluded_", rows & occluded)):
+            for name, value in errors(pred[mask], true[mask]).items():
+                out[f"{split}_{subset}{name}"] = value
+        zero = float(np.abs(true[rows, 2]).mean()) if rows.any() else float("nan")
+        out[f"{split}_z_mae_zero"] = zero
+        out[f"{split}_z_skill"] = 1.0 - out[f"{split}_z_mae"] / zero if zero > 0 else float("nan")
+    return out
 
 
 def val_metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

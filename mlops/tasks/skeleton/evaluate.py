@@ -1,5 +1,6 @@
-"""skeleton's evaluation on the test video(s): window scores against the true anomalous spans, at the serving
-threshold calibrated on held-out normal videos; and the study's figures across arms."""
+"""skeleton's evaluation on the test videos: window scores against the true anomalous spans, at the serving
+threshold calibrated on held-out normal videos (the val split; nothing here is chosen on the test split); and the
+study's figures across arms."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pandas as pd
 from torch import nn
 
 from mlops.data.arrays import load_array, read_meta
-from mlops.tasks.base import Evaluation, ModelSpec
+from mlops.tasks.base import CASE, GROUP, STRATUM, Evaluation, ModelSpec
 from mlops.tasks.skeleton import plots
-from mlops.tasks.skeleton.metrics import detection_metrics, serving_threshold
+from mlops.tasks.skeleton.metrics import action_rates, score, serving_threshold
 from mlops.tasks.skeleton.model import score_windows
 from mlops.tasks.skeleton.params import SkeletonParams
 
@@ -41,20 +42,23 @@ def calibrate(model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: Ske
 
 
 def window_labels(prepared_dir: Path, split: str, starts: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per window 0/1 and action: by its last frame (what an online detector judges at that moment) or
-    by the majority of its frames (the action then is the most frequent one in the window)."""
+    """Per window 0/1 and action: by its last frame (what an online detector judges at that moment) or by the
+    majority of its frames (the study's: abnormal when more than half its frames are; the action then is the most
+    frequent one in the window, the alphabetically first of a tie)."""
     y, actions = load_array(prepared_dir, split, "y"), load_array(prepared_dir, split, "actions")
     window = int(read_meta(prepared_dir)["window"])
     if rule == "last":
         return y[starts + window - 1], actions[starts + window - 1]
     index = starts[:, None] + np.arange(window)
     labels = (y[index].mean(axis=1) > 0.5).astype(np.int64)
-    modes = [pd.Series(row).mode().iloc[0] for row in actions[index]]
-    return labels, np.asarray(modes, dtype=str)
+    names, codes = np.unique(actions, return_inverse=True)
+    counts = (codes[index][..., None] == np.arange(len(names))).sum(axis=1)
+    return labels, names[counts.argmax(axis=1)].astype(str)
 
 
 def evaluate(model: nn.Module, prepared_dir: Path, params: SkeletonParams, out_dir: Path) -> Evaluation:
-    """Test metrics at the serving threshold, the per-window table and the study's figures."""
+    """Test metrics at the serving threshold (calibrated on the val split only), the cases table they are
+    computed from (one row per test window, grouped by video), the per-window table and the study's figures."""
     from sklearn.metrics import roc_curve
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,18 +67,31 @@ def evaluate(model: nn.Module, prepared_dir: Path, params: SkeletonParams, out_d
     starts, scores, latents = split_scores(model, prepared_dir, "test", with_latents=True)
     labels, actions = window_labels(prepared_dir, "test", starts, e.window_label)
     window = int(read_meta(prepared_dir)["window"])
-    metrics, rates = detection_metrics(labels, scores, actions, threshold)
+    scores = scores.astype(np.float64)  # the cases' scores: a reader recomputing a metric gets the same number
     flagged = scores > threshold
-    both = 0 < labels.sum() < len(labels)
 
     groups, frames = load_array(prepared_dir, "test", "groups"), load_array(prepared_dir, "test", "frame")
-    end = starts + window - 1
+    videos, end = groups[starts], starts + window - 1
+    cases = pd.DataFrame(
+        {
+            CASE: [f"{v}:{f}" for v, f in zip(videos, frames[starts], strict=True)],
+            GROUP: videos.astype(str),
+            STRATUM: "test",
+            "label": labels,
+            "score": scores,
+            "flagged": flagged,
+            "action": actions,
+        }
+    )
+    metrics = score(cases)
+    metrics |= {"serving_threshold": threshold, "test_windows": float(len(cases))}
+    rates = action_rates(metrics)
     table = pd.DataFrame(
         {"video": groups[end], "end_frame": frames[end], "score": scores, "label": labels,
          "flagged": flagged, "action": actions}
     )  # fmt: skip
     images = {}
-    if both:
+    if 0 < labels.sum() < len(labels):
         fpr, tpr, _ = roc_curve(labels, scores)
         images["roc_curve.png"] = plots.roc_curves(
             {"model": (fpr, tpr, metrics["test_auroc"])}, out_dir / "roc_curve.png"
@@ -94,7 +111,7 @@ def evaluate(model: nn.Module, prepared_dir: Path, params: SkeletonParams, out_d
         images["latent_embedding.png"] = plots.latent_embedding(
             points, labels[keep] == 1, e.embedding, out_dir / "latent_embedding.png"
         )
-    return Evaluation(metrics=metrics, images=images, tables={"window_scores": table})
+    return Evaluation(metrics=metrics, images=images, tables={"window_scores": table}, cases=cases)
 
 
 def compare(tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:

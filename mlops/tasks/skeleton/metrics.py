@@ -8,8 +8,10 @@ mean anomaly score there; the detection metrics need the test video's anomalous 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from mlops.tasks.skeleton.model import reconstructed_targets, unpack, window_scores
 
@@ -42,24 +44,64 @@ def serving_threshold(val_scores: np.ndarray, false_alarm_rate: float) -> float:
     return float(np.quantile(val_scores, 1 - false_alarm_rate))
 
 
-def detection_metrics(
-    labels: np.ndarray, scores: np.ndarray, actions: np.ndarray, threshold: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Test metrics of window scores against window labels (NaN where a split lacks a class), and the share of
-    abnormal windows flagged per action. Windows are flagged when their score exceeds ``threshold``."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the share of (abnormal, normal) window pairs the scores rank right, ties counting
+    half (scikit-learn's ``roc_auc_score``, from one ranking, so the bootstrap affords it). NaN without both
+    classes."""
+    positive = labels.astype(bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)  # ties get their average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
-    flagged = scores > threshold
-    both = 0 < labels.sum() < len(labels)
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision: precision at each distinct score, weighted by the recall it adds (scikit-learn's
+    ``average_precision_score``, without its per-call checks). NaN without both classes."""
+    positive = labels.astype(bool)
+    if not 0 < positive.sum() < len(positive):
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    ranked = scores[order]
+    # the last window of each run of equal scores: a threshold there flags the whole run
+    cut = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    true_pos = np.cumsum(positive[order])[cut]
+    precision = true_pos / (cut + 1)
+    recall = true_pos / true_pos[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def score(cases: pd.DataFrame) -> dict[str, float]:
+    """The test metrics from a cases table (one row per test window: ``label``, anomaly ``score``, ``flagged`` =
+    score above the serving threshold calibrated on validation, ``action``), or any resample of it: ranking
+    metrics (AUROC, average precision) and detection at the serving threshold (detection rate = recall, false
+    alarm rate, precision, F1, and the detection rate per abnormal action present). NaN where a class is
+    missing."""
+    labels = cases["label"].to_numpy().astype(np.int64)
+    scores = cases["score"].to_numpy(dtype=np.float64)
+    flagged = cases["flagged"].to_numpy().astype(bool)
+    abnormal = labels == 1
+    nan = float("nan")
+    detection = float(flagged[abnormal].mean()) if abnormal.any() else nan
+    precision = float(abnormal[flagged].mean()) if flagged.any() else nan
     metrics = {
-        "test_auroc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "test_average_precision": float(average_precision_score(labels, scores)) if both else float("nan"),
-        "serving_threshold": threshold,
-        "test_detection_rate": float(flagged[labels == 1].mean()) if labels.any() else float("nan"),
-        "test_false_alarm_rate": float(flagged[labels == 0].mean()) if (labels == 0).any() else float("nan"),
-        "test_windows": float(len(labels)),
-        "test_abnormal_share": float(labels.mean()) if len(labels) else float("nan"),
+        "test_auroc": auroc(labels, scores),
+        "test_average_precision": average_precision(labels, scores),
+        "test_detection_rate": detection,
+        "test_false_alarm_rate": float(flagged[~abnormal].mean()) if (~abnormal).any() else nan,
+        "test_precision": precision,
+        "test_f1": 2 * precision * detection / (precision + detection) if precision + detection > 0 else nan,
+        "test_abnormal_share": float(abnormal.mean()) if len(labels) else nan,
     }
-    rates = {str(a): float(flagged[(actions == a) & (labels == 1)].mean()) for a in sorted(set(actions[labels == 1]))}
-    metrics |= {f"test_detection_rate_{a}": r for a, r in rates.items()}
-    return metrics, rates
+    actions = cases["action"].to_numpy().astype(str)
+    for action in np.unique(actions[abnormal]):
+        metrics[f"test_detection_rate_{action}"] = float(flagged[abnormal & (actions == action)].mean())
+    return metrics
+
+
+def action_rates(metrics: dict[str, float]) -> dict[str, float]:
+    """The share of abnormal windows flagged per action, from ``score``'s metrics (for the per-action figure)."""
+    prefix = "test_detection_rate_"
+    return {name.removeprefix(prefix): value for name, value in metrics.items() if name.startswith(prefix)}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mlops.data.arrays import read_meta
-from mlops.tasks.base import Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
 from mlops.tasks.skeleton import evaluate, expectations, layout, metrics, prepare, uploads
 from mlops.tasks.skeleton import model as networks
 from mlops.tasks.skeleton.params import SkeletonParams
@@ -36,6 +36,24 @@ class SkeletonTask(Task):
     Params = SkeletonParams
     inference_module = "mlops.tasks.skeleton.inference"
     models = networks.MODELS
+    claim = Claim(
+        text=(
+            "The sequence model (LSTM-VAE over 30-frame windows of 28x28 skeleton maps) detects unsafe behaviour "
+            "better than the frame-level autoencoders: test AUROC 0.74 vs 0.67 (AE) and 0.63 (VAE)."
+        ),
+        metric="test_auroc",
+        better="lstm_vae",
+        than="ae",
+        simulator_note=(
+            "A 25-joint stick figure driven by parametric joint-angle trajectories of the study's four normal and "
+            "six abnormal actions, one simulated person per video (size, proportions, tempo, posture style), with "
+            "pose-estimator faults, drawn with the study's preprocessing. The test videos are persons never seen in "
+            "training; the AUROC is resampled by test video. What it cannot test: real OpenPose output of real "
+            "workers, camera placement and clutter, and whether the study's abnormal actions differ from the normal "
+            "ones as they do here (one-handed carrying, throwing, digging and running are built to change the pose "
+            "or its rhythm; an anomaly visible only in the timing of frames favours the sequence model by design)."
+        ),
+    )
 
     # --- data ---------------------------------------------------------------------------------
     def simulate(self, out_dir: Path, params: SkeletonParams, seed: int, progress: Callable[[int], None]) -> int:
@@ -82,6 +100,9 @@ class SkeletonTask(Task):
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: SkeletonParams, out_dir: Path) -> Evaluation:
         return evaluate.evaluate(model, prepared_dir, params, out_dir)
+
+    def score(self, cases: pd.DataFrame, params: SkeletonParams) -> dict[str, float]:
+        return metrics.score(cases)
 
     # --- capabilities (mlops.tasks.capabilities) ----------------------------------------------
     def calibrate(self, model: nn.Module, spec: ModelSpec, prepared_dir: Path, params: SkeletonParams) -> ModelSpec:

@@ -1,8 +1,10 @@
-"""ttubule's losses and metrics: the segmentation losses, the study's threshold sweep and instance matching.
+"""ttubule's losses and metrics: the segmentation losses, the study's threshold sweep, its per-image scores and
+instance matching.
 
-Precision, recall, F and IoU are computed from pooled counts for all 256 thresholds at once (one histogram per
-class, cumulated): scikit-learn's scorers would take one pass over the voxels per threshold, and its curves
-cut at the distinct scores, not at the study's fixed 0-255 grid.
+The threshold sweep counts all 256 thresholds at once (one histogram per slice and class, cumulated):
+scikit-learn's scorers would take one pass over the voxels per threshold, and its curves cut at the distinct
+scores, not at the study's fixed 0-255 grid. The test scores are per-slice counts at one threshold (the
+validation split's), so any resample of slices is scored from the counts alone.
 """
 
 from __future__ import annotations
@@ -116,28 +118,78 @@ def class_channels(label_mode: str) -> dict[int, int]:
     return {c: c for c in SCORED} if label_mode == "multi" else {TTUBULE: 0}
 
 
-def swept_class_metrics(
-    prob: np.ndarray, labels: np.ndarray, cls: int
-) -> tuple[dict[str, float], pd.DataFrame, list[int]]:
-    """The study's protocol for one class over (N, H, W) slices.
-
-    The threshold (0-255) maximising F is found per slice that contains the class; the mean of those is
-    the threshold for the reported pooled precision, recall, F and IoU. Returns those metrics, the pooled
-    curves (precision, recall, F per threshold) and the per-slice best thresholds.
-    """
+def best_thresholds(prob: np.ndarray, labels: np.ndarray, cls: int) -> list[int]:
+    """The threshold (0-255) maximising F on each of the (N, H, W) slices that contain ``cls`` (the study's
+    per-image sweep); slices without the class have no best threshold and are left out."""
     best = []
     for p, lab in zip(prob, labels, strict=True):
         positive = lab == cls
         if positive.any():
             best.append(int(np.argmax(scores(*threshold_counts(p, positive))["f"])))
-    pooled = threshold_counts(prob, labels == cls)
-    curves = scores(*pooled)
-    threshold = int(round(float(np.mean(best)))) if best else 127
-    metrics = {k: float(v[threshold]) for k, v in curves.items()}
-    metrics["threshold"] = float(threshold)
-    metrics["best_f"] = float(curves["f"].max())
-    table = pd.DataFrame({"threshold": np.arange(256), **{k: v for k, v in curves.items() if k != "iou"}})
-    return metrics, table, best
+    return best
+
+
+def mean_best_threshold(best: list[int]) -> int:
+    """The study's threshold: the mean of the per-slice best ones, rounded; 127 (mid-range) when no slice
+    holds the class."""
+    return int(round(float(np.mean(best)))) if best else 127
+
+
+def pooled_curves(prob: np.ndarray, labels: np.ndarray, cls: int) -> pd.DataFrame:
+    """Pooled precision, recall and F of ``cls`` per threshold 0-255 over all slices (a descriptive figure)."""
+    curves = scores(*threshold_counts(prob, labels == cls))
+    return pd.DataFrame({"threshold": np.arange(256), **{k: v for k, v in curves.items() if k != "iou"}})
+
+
+def slice_counts(
+    prob: np.ndarray, labels: np.ndarray, cls: int, threshold: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice of (N, H, W): TP, FP, FN voxels of ``round(255 * prob) > threshold`` against ``labels == cls``
+    (the masks the served predictor draws)."""
+    predicted = np.rint(np.asarray(prob, dtype=np.float64) * 255) > threshold
+    positive = np.asarray(labels) == cls
+    axes = tuple(range(1, predicted.ndim))
+    tp = (predicted & positive).sum(axis=axes)
+    fp = (predicted & ~positive).sum(axis=axes)
+    fn = (~predicted & positive).sum(axis=axes)
+    return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
+
+
+#: the per-slice count columns of a class in the cases table
+COUNTS = ("tp", "fp", "fn")
+
+
+def score_cases(cases: pd.DataFrame) -> dict[str, float]:
+    """The test metrics of every class with ``<class>_tp/_fp/_fn`` columns, from any set of slice rows.
+
+    Headline (the study's): precision, recall, F and IoU per slice at the validation threshold, averaged over
+    the slices that contain the class. A slice without the class is skipped for that class: its F is 0 with any
+    false positive and undefined without, which would score emptiness, not segmentation (the study sweeps and
+    scores the images a class appears in). Its false positives still count in ``pooled_f``/``pooled_iou``
+    (all slices' voxels summed), the second, clearly named view. A slice that holds the class where the model
+    predicts none of it has precision 0 (as F and recall; sklearn's zero_division default). No slice with the
+    class (a bootstrap resample without it): NaN.
+    """
+    out: dict[str, float] = {}
+    for name in (n for n in SCORED.values() if f"{n}_tp" in cases):
+        tp, fp, fn = (cases[f"{name}_{c}"].to_numpy(dtype=np.float64) for c in COUNTS)
+        has = tp + fn > 0
+        if has.any():
+            t, p, n = tp[has], fp[has], fn[has]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_slice = {
+                    "precision": np.where(t + p > 0, t / (t + p), 0.0),
+                    "recall": t / (t + n),
+                    "f": 2 * t / (2 * t + p + n),
+                    "iou": t / (t + p + n),
+                }
+            out |= {f"test_{name}_{k}": float(v.mean()) for k, v in per_slice.items()}
+        else:
+            out |= {f"test_{name}_{k}": float("nan") for k in ("precision", "recall", "f", "iou")}
+        pooled = scores(tp.sum(), fp.sum(), fn.sum()) if has.any() else {"f": np.nan, "iou": np.nan}
+        out[f"test_{name}_pooled_f"] = float(pooled["f"])
+        out[f"test_{name}_pooled_iou"] = float(pooled["iou"])
+    return out
 
 
 def instance_matches(pred: np.ndarray, truth: np.ndarray, min_iou: float = 0.5) -> tuple[int, int, int]:

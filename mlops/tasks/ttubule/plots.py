@@ -24,7 +24,8 @@ def _figure():
 
 
 def threshold_curves(curves: pd.DataFrame, thresholds: dict[int, float], label_mode: str, out_dir: Path) -> Path:
-    """Pooled precision, recall and F per threshold 0-255, one panel per class; the used threshold marked."""
+    """Pooled test precision, recall and F per threshold 0-255, one panel per class (descriptive: nothing is
+    chosen on them); the validation threshold the test scores use marked."""
     plt = _figure()
     names = list(dict.fromkeys(curves["class"]))
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
@@ -32,13 +33,13 @@ def threshold_curves(curves: pd.DataFrame, thresholds: dict[int, float], label_m
         part = curves[curves["class"] == name]
         for column, colour in (("f", "black"), ("precision", "tab:blue"), ("recall", "tab:orange")):
             ax.plot(part["threshold"], part[column], color=colour, label=column)
-        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"mean best = {threshold:.0f}")
+        ax.axvline(threshold, color="tab:red", linestyle="--", linewidth=1, label=f"val threshold = {threshold:.0f}")
         ax.set_ylim(0, 1.02)
         ax.set_xlim(0, 255)
         ax.set_xlabel("threshold on 255 x probability")
         ax.set_title(name)
         ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"ttubule test split ({label_mode}-label): pooled curves, threshold = mean of per-slice bests")
+    fig.suptitle(f"ttubule test split ({label_mode}-label): pooled curves; threshold from the validation slices")
     fig.tight_layout()
     path = out_dir / "threshold_curves.png"
     fig.savefig(path, dpi=100, metadata=PNG_METADATA)
@@ -120,16 +121,20 @@ def instance_slices(
     return path
 
 
-def compare_arms(curves: dict[str, pd.DataFrame], out_dir: Path) -> Path:
+def compare_arms(curves: dict[str, pd.DataFrame], thresholds: dict[str, float], out_dir: Path) -> Path:
     """The study's comparison in one figure: T-tubule F, precision and recall against the threshold, per arm
-    (each arm's pooled test curves, ``threshold_curves`` of its evaluation)."""
+    (each arm's pooled test curves, ``threshold_curves`` of its evaluation), each arm's validation threshold
+    (the one its test scores use) dashed. No test-swept optimum is shown: the curves only describe."""
     plt = _figure()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
     for colour, (arm, table) in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), curves.items(), strict=False):
         part = table[table["class"] == "ttubule"]
+        threshold = thresholds.get(arm)
         for ax, column in zip(axes, ("f", "precision", "recall"), strict=True):
-            label = f"{arm} (best F {part['f'].max():.2f})" if column == "f" else arm
+            label = f"{arm} (val threshold {threshold:.0f})" if column == "f" and threshold is not None else arm
             ax.plot(part["threshold"], part[column], color=colour, label=label)
+            if threshold is not None:
+                ax.axvline(threshold, color=colour, linestyle="--", linewidth=1)
     for ax, column in zip(axes, ("F", "precision", "recall"), strict=True):
         ax.set_title(f"T-tubule {column}")
         ax.set_xlabel("threshold on 255 x probability")
@@ -147,6 +152,12 @@ def compare_arms(curves: dict[str, pd.DataFrame], out_dir: Path) -> Path:
 
 def compare(tables: dict[str, dict[str, pd.DataFrame]], out_dir: Path) -> dict[str, Path]:
     """The arms' T-tubule curves (F, precision, recall against the threshold) in one figure, from each arm's
-    evaluation tables; none when no arm has its ``threshold_curves``."""
+    evaluation tables (its validation threshold from ``class_metrics``, when there); none when no arm has its
+    ``threshold_curves``."""
     curves = {arm: t["threshold_curves"] for arm, t in tables.items() if "threshold_curves" in t}
-    return {"ttubule_arms.png": compare_arms(curves, out_dir)} if curves else {}
+    thresholds = {
+        arm: float(t["class_metrics"].set_index("class").loc["ttubule", "val_threshold"])
+        for arm, t in tables.items()
+        if "class_metrics" in t and "ttubule" in set(t["class_metrics"]["class"])
+    }
+    return {"ttubule_arms.png": compare_arms(curves, thresholds, out_dir)} if curves else {}

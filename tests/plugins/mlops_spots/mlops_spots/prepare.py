@@ -34,7 +34,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: SpotsParams, seed: int) -> dic
         tx, ty = np.concatenate([tx, tx[:, :, ::-1]]), np.concatenate([ty, 1 - ty])
     save_split(out_dir, "train", x=np.ascontiguousarray(tx), y=ty)
     for split in ("val", "test"):
-        save_split(out_dir, split, x=x[idx[split]], y=y[idx[split]], ids=ids[idx[split]])
+        # groups: the batch of each image, the independent unit of the test metrics' intervals
+        save_split(out_dir, split, x=x[idx[split]], y=y[idx[split]], ids=ids[idx[split]], groups=groups[idx[split]])
     sizes = {"train": len(ty), "val": len(idx["val"]), "test": len(idx["test"])}
     write_meta(out_dir, {"task": "spots", "size": size, "sizes": sizes})
     return sizes

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
 from mlops.tasks import upload_cases
@@ -54,6 +55,9 @@ class SpotsTask(Task):
 
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: SpotsParams, out_dir: Path) -> Evaluation:
         return evaluate.evaluate(model, prepared_dir, params, out_dir)
+
+    def score(self, cases: pd.DataFrame, params: SpotsParams) -> dict[str, float]:
+        return metrics.score(cases)
 
     def example_input(self, prepared_dir: Path) -> np.ndarray:
         return prepare.dataset(prepared_dir, "val").tensors[0][:2].numpy()
