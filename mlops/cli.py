@@ -377,8 +377,8 @@ def findings(
         claim = get_task(name).claim
         if claim is None:
             raise typer.BadParameter(f"{name} declares no study claim (Task.claim): nothing to judge")
-        train = stage_options(dvc_yaml, "train", name, params.tasks[name])
-        metrics_paths[name] = Path(stage_options(dvc_yaml, "evaluate", name, params.tasks[name])["--metrics"])
+        train = stage_options(dvc_yaml, "train", name, params.code[name])
+        metrics_paths[name] = Path(stage_options(dvc_yaml, "evaluate", name, params.code[name])["--metrics"])
         folder = Path(train["--best"]).parent / "findings"  # beside the sweep's best_params.json
         if not page_only:
             exp = load_experiment(name, experiments)

@@ -167,8 +167,9 @@ def test_training_and_calibration_code_cannot_read_the_test_split(pipeline_repo,
     task = type(get_task("fume_hood"))
     honest = task.dataset
     monkeypatch.setattr(task, "dataset", lambda self, p, split: honest(self, p, "test" if split == "val" else split))
-    hparams = {"model": "custom_cnn", **next(iter(exp.arms.values())), "lr": 1e-3, "batch_size": 32}
-    job = Job("peek", next(iter(exp.arms)), 0, {k: v for k, v in hparams.items()})
+    arm = next(iter(exp.arms))
+    hparams = {**exp.arms[arm], "lr": 1e-3, "batch_size": 32, "width": 8, "dropout": 0.0, "weight_decay": 0.0}
+    job = Job("peek", arm, 0, hparams)
     with pytest.raises(SealedSplitError):
         run_job(job, "fume_hood", params.task("fume_hood"), "accuracy", "max", str(prepared))
 
