@@ -96,6 +96,9 @@ def _registry(tmp_path):
             "mlops.metric.test_loss": str(loss),
             "mlops.git_commit": "c" * 40,
             "mlops.arm": ARM,
+            # the register stage tags each metric's interval beside it
+            "mlops.metric.test_accuracy_ci_low": str(accuracy),
+            "mlops.metric.test_accuracy_ci_high": str(accuracy),
         }
         client = mlflow.MlflowClient()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # exists already
@@ -307,6 +310,8 @@ def test_status_card_history_at_and_cli_on_postgres(pg_registry):
     assert row["champion_metrics"]["test_accuracy"] == "0.85" and row["champion_data"] == "md5-a"
     card = model_card(TASK, v2, params)
     assert f"v{v2}" in card and "test_accuracy" in card and "md5-a" in card
+    assert "| test_accuracy | 0.85 [0.85, 0.85] | >= 0.5 | 0.85 [0.85, 0.85] |" in card  # v2 is the champion now
+    assert f"vs champion v{v1}, paired on 1000 test cases in 10 groups" in card and "better" in card
     assert history(TASK, settings, at=between)[-1].to_version == v1
 
     env = {
@@ -326,6 +331,14 @@ def test_status_card_history_at_and_cli_on_postgres(pg_registry):
     assert f'"to_version": "{v1}"' in out.stdout and f'"to_version": "{v2}"' not in out.stdout
     verified = subprocess.run([cli, "registry", "verify"], env=env, capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    shown = subprocess.run(  # a wide terminal: rich cuts a piped table to 80 columns
+        [cli, "registry", "status", "--params", str(params_path)],
+        env={**env, "COLUMNS": "240"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and "test_accuracy=0.85 [0.85, 0.85]" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_member_records_on_postgres(pg_registry, tmp_path):
