@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from PIL import Image
 from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.data.split import split_groups
 from mlops.inference.base import BadInput, load_predictor
-from mlops.params import parse_section
+from mlops.params import load_params, parse_section
 from mlops.stats import bootstrap
 from mlops.tasks import get_task
 from mlops.tasks.fracture.evaluate import ood_photo_paths
@@ -27,6 +29,7 @@ from mlops.tasks.fracture.metrics import OUTLIER_WEIGHT, confidence_auroc, macro
 from mlops.tasks.fracture.model import MODELS, N_CLASSES, UNKNOWN, decide
 from mlops.tasks.fracture.prepare import OUTLIER, augment_texture
 from mlops.tasks.fracture.simulate import outlier_image, simulate_fractographs
+from mlops.training.scoring import differences, evaluate_sealed
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT, assert_cam_layer_is_spatial
 
@@ -439,6 +442,39 @@ def test_a_spec_without_a_calibrated_threshold_is_not_served(trained):
     trained["spec"].write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="calibrated on validation"):
         load_predictor(trained["weights"], trained["spec"])
+
+
+def test_a_degraded_model_is_refused_by_the_no_regression_gate(trained, params, tmp_path):
+    """The release's no-regression gate (what check_gates runs: ``differences``, then the gates' ``regressions``)
+    with params.yaml's real gates and bootstrap, on real models: a copy of the champion whose class head is negated
+    (it answers the failure mode the champion finds least likely: a sign bug) is refused; the champion against
+    itself is not."""
+    started = time.perf_counter()
+    project = load_params(ROOT / "params.yaml")
+    gates, boot, seed = project.task("fracture").gates, project.base.bootstrap, project.base.seed
+    champion, prepared = trained["model"].train(), trained["prepared"]
+    # The fixture's 5 steps leave the model near chance on the 4 test specimens; trained on (30 steps in all) it
+    # gets most of them right, a champion a regression can trail.
+    x, y = TASK.dataset(prepared, "train").tensors
+    opt = torch.optim.Adam(champion.parameters(), lr=3e-3)
+    for _ in range(25):
+        opt.zero_grad()
+        TASK.criterion(champion)(champion(x), y).backward()
+        opt.step()
+    degraded = copy.deepcopy(champion)
+    last = degraded.head[-1]
+    with torch.no_grad():
+        last.weight.neg_(), last.bias.neg_()
+    mine = evaluate_sealed(TASK, champion, prepared, params, tmp_path / "champion", reader="test").cases
+    theirs = evaluate_sealed(TASK, degraded, prepared, params, tmp_path / "degraded", reader="test").cases
+    failed, verdicts = gates.regressions(differences(TASK, theirs, mine, params, boot, seed))
+    groups = mine.groupby("stratum")["group"].nunique().to_dict()
+    print(f"groups {groups}, {len(mine)} cases:", *verdicts, sep="\n  ")
+    assert failed and all("worse by more than" in f for f in failed), verdicts
+    assert {f.split(":")[0] for f in failed} <= set(gates.tolerance)
+    failed, verdicts = gates.regressions(differences(TASK, mine, mine, params, boot, seed))
+    assert not failed and all(v.endswith("indistinguishable") for v in verdicts), verdicts
+    print(f"  {time.perf_counter() - started:.1f} s")
 
 
 def test_gated_metrics_are_scored_and_have_a_tolerance(evaluation):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from mlops.tasks import get_task
 from mlops.tasks.fume_hood.metrics import macro_f1, model_free_heat, pointing_game
 from mlops.tasks.fume_hood.model import MODELS, N_LEVELS
 from mlops.tasks.fume_hood.simulate import simulate_photos
+from mlops.training.scoring import differences, evaluate_sealed
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT, assert_cam_layer_is_spatial, tiny_params, write_params
 
@@ -246,6 +249,39 @@ def test_score_of_degenerate_resamples_is_nan_or_a_number_never_an_error(evaluat
     intervals = bootstrap(cases, lambda c: TASK.score(c, params), resamples=200, seed=0)
     for name, interval in intervals.items():
         assert interval.low is not None and interval.low <= interval.value <= interval.high, name
+
+
+def test_a_degraded_model_is_refused_by_the_no_regression_gate(evaluated, params, tmp_path):
+    """The release's no-regression gate (what check_gates runs: ``differences``, then the gates' ``regressions``)
+    with params.yaml's real gates and bootstrap, on real models: a copy of the champion whose rating head is negated
+    (it answers the rating the champion finds least likely: a sign bug) is refused; the champion against itself is
+    not."""
+    started = time.perf_counter()
+    project = load_params(ROOT / "params.yaml")
+    gates, boot, seed = project.task("fume_hood").gates, project.base.bootstrap, project.base.seed
+    prepared = tmp_path / "prepared"  # prepared by the fixture
+    # The fixture's 5 steps leave the model answering rating 1 everywhere; a champion a regression can trail
+    # must have learned something: trained on, it learns the ratings' distribution (most test photos rate 5).
+    champion = evaluated["model"].train()
+    x, y = TASK.dataset(prepared, "train").tensors
+    opt = torch.optim.Adam(champion.parameters(), lr=3e-3)
+    for _ in range(20):
+        opt.zero_grad()
+        TASK.criterion(champion)(champion(x), y).backward()
+        opt.step()
+    degraded = copy.deepcopy(champion)
+    last = degraded.head[-1]
+    with torch.no_grad():
+        last.weight.neg_(), last.bias.neg_()
+    mine = evaluate_sealed(TASK, champion, prepared, params, tmp_path / "champion", reader="test").cases
+    theirs = evaluate_sealed(TASK, degraded, prepared, params, tmp_path / "degraded", reader="test").cases
+    failed, verdicts = gates.regressions(differences(TASK, theirs, mine, params, boot, seed))
+    print(f"{mine['group'].nunique()} test labs, {len(mine)} photos:", *verdicts, sep="\n  ")
+    assert failed and all("worse by more than" in f for f in failed), verdicts
+    assert {f.split(":")[0] for f in failed} <= set(gates.tolerance)
+    failed, verdicts = gates.regressions(differences(TASK, mine, mine, params, boot, seed))
+    assert not failed and all(v.endswith("indistinguishable") for v in verdicts), verdicts
+    print(f"  {time.perf_counter() - started:.1f} s")
 
 
 def test_gated_metrics_are_scored_and_have_a_tolerance():
