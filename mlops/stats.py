@@ -93,7 +93,8 @@ def paired(
     if not (a[GROUP].astype(str).to_numpy() == b[GROUP].astype(str).to_numpy()).all():
         raise ValueError("the same case ids sit in different groups: the two tables come from different splits")
     point_a, point_b = score(a), score(b)
-    diffs: dict[str, list[float]] = {name: [] for name in point_a}
+    # only what both models report (a single-label segmenter has no mitochondria metrics to compare)
+    diffs: dict[str, list[float]] = {name: [] for name in point_a if name in point_b}
     for rows in _draws(a, resamples, seed):
         da, db = score(a.iloc[rows]), score(b.iloc[rows])
         for name in diffs:

@@ -85,6 +85,17 @@ def test_paired_difference_resolves_what_unpaired_intervals_cannot():
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
+def test_paired_compares_only_the_metrics_both_models_report():
+    a = clustered_cases(3, 4, seed=0)
+
+    def by_arm(c: pd.DataFrame) -> dict[str, float]:  # e.g. multi-label reports a class single-label has not
+        return {"accuracy": float(c["correct"].mean()), **({"extra": 1.0} if "multi" in c else {})}
+
+    first = a.assign(multi=True)
+    assert set(by_arm(first)) == {"accuracy", "extra"}
+    assert set(paired(first, a, by_arm, 20, seed=0)) == {"accuracy"}
+
+
 def test_paired_refuses_tables_of_different_cases():
     a = clustered_cases(3, 4, seed=0)
     with pytest.raises(ValueError, match="not the same test cases"):
