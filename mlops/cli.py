@@ -405,7 +405,8 @@ def findings(
     if update_readme(readme, summary_table(judgements)):
         console.print(f"written: {out}; {readme}'s study table replaced")
     else:
-        console.print(f"written: {out} ({readme} has no findings markers: its table is left alone)")
+        why = "has no findings markers" if readme.is_file() else "does not exist"
+        console.print(f"written: {out} ({readme} {why}: no study table replaced)")
 
 
 @app.command("register")

@@ -224,6 +224,7 @@ def test_the_readme_table_is_replaced_between_its_markers(tmp_path):
     bare = tmp_path / "bare.md"
     bare.write_text("no markers")
     assert not update_readme(bare, table) and bare.read_text() == "no markers"
+    assert not update_readme(tmp_path / "missing.md", table) and not (tmp_path / "missing.md").exists()
 
 
 def test_stage_options_come_from_dvc_yaml():
@@ -263,6 +264,10 @@ def test_findings_command_retrains_the_claims_arms_and_writes_the_page(pipeline_
     # --page-only rewrites the page from the runs already there, training nothing
     shutil.copy(repo / "reports/fume_hood/findings/runs.csv", tmp_path / "runs-before.csv")
     out.unlink()
-    run(["mlops", "findings", "fume_hood", "--page-only", "--out", str(out), "--readme", str(readme)], repo, env)
+    # (a README path that does not exist costs the table, not the page)
+    missing = tmp_path / "no-such-README.md"
+    cmd = ["mlops", "findings", "fume_hood", "--page-only", "--out", str(out), "--readme", str(missing)]
+    done = run(cmd, repo, env)
     assert out.read_text() == page_text
+    assert "does not exist" in done.stdout and not missing.exists()
     assert (repo / "reports/fume_hood/findings/runs.csv").read_bytes() == (tmp_path / "runs-before.csv").read_bytes()

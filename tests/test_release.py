@@ -131,6 +131,31 @@ def test_each_gate_refuses_with_its_name(registry):
     assert verify(settings, [TASK]) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "is unreadable"),  # empty file
+        ('case,group\n"never closed,lab1\n', "is unreadable"),  # broken quoting
+        ("case,stratum\nlab1-photo0,test\n", r"lacks the columns \['group'\]"),
+        ("case,group,stratum\n", "has no cases"),
+    ],
+)
+def test_an_unreadable_cases_table_is_refused_with_what_to_do(registry, text, why):
+    """A version whose logged cases table is corrupt cannot be paired with the champion: the promotion is refused
+    with the artifact named and what to do, and the champion stays."""
+    import mlflow
+
+    settings, params, _, make = registry
+    champion = make(accuracy=0.8)
+    promote(TASK, champion, settings, params, "rm", "first release")
+    candidate = make(accuracy=0.85)
+    c = mlflow.MlflowClient()
+    c.log_text(c.get_model_version(TASK, candidate).run_id, text, f"evaluation/cases-{ARM}.csv")
+    with pytest.raises(PromotionError, match=f"v{candidate}: run .*cases-{ARM}.csv {why}.*re-run the evaluate stage"):
+        promote(TASK, candidate, settings, params, "rm", "try")
+    assert str(c.get_model_version_by_alias(TASK, CHAMPION).version) == champion
+
+
 def test_regression_on_a_different_split_needs_that_data(registry):
     settings, params, _, make = registry
     promote(TASK, make(accuracy=0.8), settings, params, "rm", "first")

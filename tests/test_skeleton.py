@@ -18,7 +18,7 @@ import yaml
 from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits
 from mlops.fit.loop import FitConfig, fit
 from mlops.inference import BadInput
-from mlops.params import load_experiment
+from mlops.params import load_experiment, load_params
 from mlops.tasks import get_task
 from mlops.tasks.base import ModelSpec
 from mlops.tasks.capabilities import Calibrates, ComparesArms
@@ -40,6 +40,7 @@ from mlops.tasks.skeleton.preprocess import (
     window_starts,
 )
 from mlops.tasks.skeleton.simulate import ABNORMAL_ACTIONS, openpose_document, simulate_videos
+from mlops.training.scoring import differences, evaluate_sealed
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT
 
@@ -602,3 +603,50 @@ def test_model_spec_round_trips_through_json(prepared):
     _, spec = TASK.build_model({"model": "lstm_vae", **HPARAMS}, prepared)
     again = ModelSpec(**json.loads(json.dumps(spec.to_json())))
     assert again.extra["window"] == T and again.model_kwargs["hidden"] == 16
+
+
+def test_a_degraded_model_is_refused_by_the_no_regression_gate(params, tmp_path):
+    """The release's no-regression gate (what check_gates runs: ``differences``, then the gates' ``regressions``)
+    with params.yaml's real gates and bootstrap, on real models: two frame VAEs from the same start and the same
+    100 steps, the champion on normal training windows, the degraded one on the abnormal behaviour it should flag
+    (a training-data mix-up: it reconstructs exactly what it must find unusual). Its AUROC falls far below the
+    champion's on 6 test videos and the gate refuses it; the champion against itself passes. (Adding noise to
+    the weights does not degrade this detector: a random VAE already ranks by how much skeleton a window draws.)"""
+    params = params.model_copy(
+        update={"simulate": params.simulate.model_copy(update={"n_test_videos": 6})}
+    )  # 6 test workers: enough groups for a paired interval that excludes the tolerance
+    TASK.simulate(tmp_path / "raw", params, seed=3, progress=lambda _: None)
+    prepared = tmp_path / "prepared"
+    TASK.prepare(tmp_path / "raw", prepared, params, seed=1)
+    project = load_params(ROOT / "params.yaml")
+    gates, boot, seed = project.task("skeleton").gates, project.base.bootstrap, project.base.seed
+
+    def trained(windows: torch.Tensor) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model, _ = TASK.build_model({"model": "vae", **HPARAMS, "width": 8, "hidden": 32, "free_bits": 1.0}, prepared)
+        opt, criterion = torch.optim.Adam(model.parameters(), lr=5e-3), TASK.criterion(model)
+        for _ in range(100):
+            batch = windows[torch.randint(0, len(windows), (16,))]
+            opt.zero_grad()
+            criterion(model.train()(batch), batch).backward()
+            opt.step()
+        return model.eval()
+
+    def windows(split: str) -> torch.Tensor:
+        data = TASK.dataset(prepared, split)
+        return torch.stack([data[i][0] for i in range(len(data))])
+
+    champion = trained(windows("train"))
+    with open_sealed_splits("a deliberately degraded model"):
+        starts = load_array(prepared, "test", "starts")
+        abnormal = torch.as_tensor(window_labels(prepared, "test", starts, "majority")[0]).bool()
+        degraded = trained(windows("test")[abnormal])
+    mine = evaluate_sealed(TASK, champion, prepared, params, tmp_path / "champion", reader="test").cases
+    theirs = evaluate_sealed(TASK, degraded, prepared, params, tmp_path / "degraded", reader="test").cases
+    assert mine["group"].nunique() == 6
+    failed, verdicts = gates.regressions(differences(TASK, theirs, mine, params, boot, seed))
+    print(*verdicts, sep="\n  ")
+    assert failed and all("worse by more than" in f for f in failed), verdicts
+    assert {f.split(":")[0] for f in failed} == set(gates.tolerance) == {"test_auroc"}
+    failed, verdicts = gates.regressions(differences(TASK, mine, mine, params, boot, seed))
+    assert not failed and all(v.endswith("indistinguishable") for v in verdicts), verdicts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import yaml
 
 from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits, read_meta
 from mlops.inference import BadInput
+from mlops.params import load_params
 from mlops.stats import bootstrap
 from mlops.tasks import get_task
 from mlops.tasks.ttubule.inference import TTubulePredictor, load
@@ -44,6 +46,7 @@ from mlops.tasks.ttubule.params import AugmentParams, SimSettings, TTubuleParams
 from mlops.tasks.ttubule.prepare import augment_pair
 from mlops.tasks.ttubule.preprocess import peak_settings
 from mlops.tasks.ttubule.simulate import simulate_volume, simulate_volumes
+from mlops.training.scoring import differences, evaluate_sealed
 from mlops.validation import validate_dataset
 from tests.conftest import ROOT
 
@@ -702,3 +705,42 @@ def test_slab_split_keeps_each_slab_whole(raw, tmp_path, params):
         for slab in np.unique(slabs):
             zs = sorted(int(i.split(":")[1]) for i in ids[slabs == slab])
             assert len(zs) == 3 and zs == list(range(zs[0], zs[0] + 3))  # a contiguous, complete slab
+
+
+def test_a_degraded_model_is_refused_by_the_no_regression_gate(tmp_path):
+    """The release's no-regression gate (what check_gates runs: ``differences``, then the gates' ``regressions``)
+    with params.yaml's real gates and bootstrap, on real models: a multi-label U-Net trained 120 steps on 16 small
+    volumes (6 test volumes, the bootstrap's groups) is the champion; a copy with its output layer negated (a sign
+    bug: every class's score inverted) is refused; the champion against itself passes."""
+    section = tiny_section()
+    section["simulate"].update(n_volumes=16, slices=4)
+    section["split"]["slab_slices"] = 4
+    params = TTubuleParams.model_validate(section)
+    TASK.simulate(tmp_path / "raw", params, seed=3, progress=lambda _: None)
+    prepared = tmp_path / "prepared"
+    TASK.prepare(tmp_path / "raw", prepared, params, seed=0)
+    project = load_params(ROOT / "params.yaml")
+    gates, boot, seed = project.task("ttubule").gates, project.base.bootstrap, project.base.seed
+    torch.manual_seed(0)
+    champion, _ = TASK.build_model({"label_mode": "multi", "width": 8}, prepared)
+    data = TASK.dataset(prepared, "train")
+    x, y = (torch.stack([data[i][k] for i in range(len(data))]) for k in (0, 1))
+    opt, criterion = torch.optim.Adam(champion.parameters(), lr=1e-2), TASK.criterion(champion)
+    for _ in range(120):
+        batch = torch.randint(0, len(x), (16,))
+        opt.zero_grad()
+        criterion(champion.train()(x[batch]), y[batch]).backward()
+        opt.step()
+    champion.eval()
+    degraded = copy.deepcopy(champion)
+    with torch.no_grad():
+        degraded.head.weight.neg_(), degraded.head.bias.neg_()
+    mine = evaluate_sealed(TASK, champion, prepared, params, tmp_path / "champion", reader="test").cases
+    theirs = evaluate_sealed(TASK, degraded, prepared, params, tmp_path / "degraded", reader="test").cases
+    assert mine["group"].nunique() == 6
+    failed, verdicts = gates.regressions(differences(TASK, theirs, mine, params, boot, seed))
+    print(*verdicts, sep="\n  ")
+    assert failed and all("worse by more than" in f for f in failed), verdicts
+    assert {f.split(":")[0] for f in failed} <= set(gates.tolerance)
+    failed, verdicts = gates.regressions(differences(TASK, mine, mine, params, boot, seed))
+    assert not failed and all(v.endswith("indistinguishable") for v in verdicts), verdicts

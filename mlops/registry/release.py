@@ -70,7 +70,16 @@ def _logged_cases(version) -> pd.DataFrame | None:
             )
         except (MlflowException, OSError):
             return None
-        return pd.read_csv(path, dtype={CASE: str, GROUP: str, STRATUM: str})
+        where = f"{version.name} v{version.version}: run {version.run_id}'s evaluation/{CASES}-{arm}.csv"
+        try:
+            cases = pd.read_csv(path, dtype={CASE: str, GROUP: str, STRATUM: str})
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+            raise PromotionError(f"{where} is unreadable ({exc}); re-run the evaluate stage for that version") from exc
+        missing = sorted({CASE, GROUP} - set(cases.columns))
+        if missing or cases.empty:
+            what = f"lacks the columns {missing}" if missing else "has no cases"
+            raise PromotionError(f"{where} {what}; re-run the evaluate stage for that version")
+        return cases
 
 
 def _cases_on_split(task: str, version, candidate, params: Params) -> pd.DataFrame:

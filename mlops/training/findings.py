@@ -192,7 +192,10 @@ def page(judgements: list[Judgement], metrics_paths: dict[str, Path], about: dic
 
 
 def update_readme(readme: Path, table: str) -> bool:
-    """Replace the README's study table (between the findings markers) by ``table``; False when it has no markers."""
+    """Replace the README's study table (between the findings markers) by ``table``; False when there is no such
+    file or it has no markers (the page is written either way: hours of retraining are not lost to a README path)."""
+    if not readme.is_file():
+        return False
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         return False
