@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     #: the sweep worker Job template the launcher fills in (relative to the project root)
     k8s_job_template: Path = Path("k8s/sweep/worker-job.yaml")
     # Serving
+    #: Largest upload (predict, contributions); the request body may add the multipart framing on top.
     max_upload_bytes: int = 8 * 1024 * 1024
+    #: Largest body of every other request (the JSON of promote, review, the registry webhook).
+    max_request_bytes: int = 64 * 1024
     max_image_pixels: int = MAX_IMAGE_PIXELS
     served_alias: str = "champion"
     #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).

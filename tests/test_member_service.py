@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import shutil
 import time
@@ -185,6 +186,92 @@ def test_missing_wrong_and_revoked_keys_are_refused(service):
 def test_limits_answer_4xx_with_a_clear_message(service, data, ctype, status, words):
     r = predict(service, new_key(service, f"limits-{status}-{len(data)}"), data, ctype)
     assert r.status_code == status and words in r.json()["detail"], r.text
+
+
+def raw_post(service, path: str, headers: dict[str, str], chunks=(), timeout: float = 10):
+    """One POST over a bare socket: the request head, then only ``chunks`` of body (perhaps far fewer bytes than
+    the head declares), then the answer read to its end. A server that reads the body before it answers would
+    sit waiting for the missing bytes and this would time out. Returns (status, detail, body bytes sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(service["base"])
+    head = f"POST {path} HTTP/1.1\r\nHost: {url.hostname}\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    sent = 0
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending: what a limit should do
+        answer = b""
+        try:
+            while part := sock.recv(65536):
+                answer += part
+        except ConnectionResetError:
+            pass
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    if b"transfer-encoding: chunked" in rest.lower().partition(b"\r\n\r\n")[0]:
+        body = body.partition(b"\r\n")[2].rpartition(b"\r\n0\r\n")[0]
+    return int(status_line.split()[1]), json.loads(body or b"{}").get("detail", ""), sent
+
+
+GUARDED_POSTS = [
+    ("/v1/models/fracture/predict", 100_000, None),
+    ("/v1/contributions/fracture", 100_000, None),
+    ("/v1/registry/fracture/promote", 1_000, "ada"),
+    ("/v1/registry/fracture/rollback", 1_000, "ada"),
+    ("/v1/contributions/1/review", 1_000, "steve"),
+]
+
+
+@pytest.mark.parametrize(("path", "length", "role_key"), GUARDED_POSTS)
+def test_the_caller_is_checked_before_a_byte_of_the_body_is_read(service, path, length, role_key):
+    """Admission checks key and role from the headers: with a body declared but never sent, a caller without a key
+    (or, on a release route, with a member's key) is answered at once; before, the server waited for the body."""
+    multipart = {"Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(length)}
+    status, detail, _ = raw_post(service, path, multipart)
+    assert status == 401 and "API key" in detail, detail
+    if role_key:
+        member = {**multipart, "X-API-Key": service["keys"]["other"]}
+        status, detail, _ = raw_post(service, path, member)
+        assert status == 403 and "needs" in detail, detail
+
+
+@pytest.mark.parametrize(
+    ("path", "setting"),
+    [
+        ("/v1/models/fracture/predict", "MLOPS_MAX_UPLOAD_BYTES"),
+        ("/v1/registry/fracture/promote", "MLOPS_MAX_REQUEST_BYTES"),
+        ("/v1/registry/events", "MLOPS_MAX_REQUEST_BYTES"),  # the webhook: signed, no key
+        ("/v1/no/such/route", "MLOPS_MAX_REQUEST_BYTES"),
+    ],
+)
+def test_a_declared_oversized_body_is_refused_unread_naming_the_limit(service, path, setting):
+    status, detail, _ = raw_post(service, path, {"Content-Length": str(2 * 1024**3), "X-API-Key": "whatever"})
+    assert status == 413 and setting in detail and "bytes" in detail, detail
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_while_it_streams(service):
+    """No Content-Length to trust: the body is counted as it arrives and refused as soon as it passes the limit
+    (200,000 bytes + the multipart allowance here); the server stops reading long before the 64 MiB were sent."""
+    chunk = b"x" * 16384
+    frame, count = b"%x\r\n%s\r\n" % (len(chunk), chunk), 4096  # 64 MiB: more than any socket buffer holds
+    part = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+    opening = b"%x\r\n%s\r\n" % (len(part), part)  # a well-formed multipart start: the parser reads on
+    frames = itertools.chain([opening], itertools.repeat(frame, count), [b"0\r\n\r\n"])
+    headers = {
+        "Transfer-Encoding": "chunked",
+        "Content-Type": "multipart/form-data; boundary=x",
+        "X-API-Key": new_key(service, "streamer"),
+    }
+    status, detail, sent = raw_post(service, "/v1/models/fracture/predict", headers, frames, timeout=30)
+    assert status == 413 and "MLOPS_MAX_UPLOAD_BYTES" in detail, detail
+    assert sent < count * len(chunk) / 4, f"the whole body ({sent} bytes) was sent: nothing stopped reading it"
 
 
 def test_decompression_bomb_is_refused_by_dimensions(service):

@@ -12,6 +12,7 @@ from mlops.inference import BadInput
 from mlops.members.keys import AuthError
 from mlops.members.ratelimit import RateLimited
 from mlops.serving import contributions, registry_routes, web
+from mlops.serving.admission import Admission, auth_response, rate_limited_response
 from mlops.serving.guard import Guard, RequestLogMiddleware
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
@@ -38,10 +39,11 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
 
     app = FastAPI(title="mlops model service", version="1", lifespan=lifespan)
     app.state.settings = settings
-    app.include_router(router)
-    app.include_router(contributions.router)
-    app.include_router(registry_routes.router)
-    app.include_router(web.router)
+    routers = (router, contributions.router, registry_routes.router, web.router)
+    for r in routers:
+        app.include_router(r)
+    # The last added runs first: the request log sees every call, the refusals of admission included.
+    app.add_middleware(Admission, routes=[route for r in routers for route in r.routes])
     app.add_middleware(RequestLogMiddleware)
 
     @app.exception_handler(BadInput)
@@ -50,13 +52,10 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
 
     @app.exception_handler(AuthError)
     async def auth_error(_request: Request, exc: AuthError) -> JSONResponse:
-        headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if exc.status == 401 else None
-        return JSONResponse(status_code=exc.status, content={"detail": exc.message}, headers=headers)
+        return auth_response(exc)
 
     @app.exception_handler(RateLimited)
     async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:
-        return JSONResponse(
-            status_code=429, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)}
-        )
+        return rate_limited_response(exc)
 
     return app

@@ -19,7 +19,7 @@ from mlops.inference import BadInput
 from mlops.inference.images import decode_image
 from mlops.members.review import ReviewError, ReviewQueue, raw_root
 from mlops.serving.guard import MemberCaller, StewardCaller, note_call
-from mlops.serving.uploads import check_declared_length, read_upload
+from mlops.serving.uploads import read_upload
 
 router = APIRouter(prefix="/v1/contributions")
 
@@ -43,7 +43,6 @@ async def contribute(
 ) -> dict[str, Any]:
     """Multipart: ``file``, ``label``, and each field the task's layout needs (``contribution-form`` lists them)."""
     settings = request.app.state.settings
-    check_declared_length(request, settings.max_upload_bytes)
     data, digest = await read_upload(file, settings.max_upload_bytes)
     note_call(request, task=task, upload_bytes=len(data), upload_sha256=digest)
     # Only a file that decodes within the pixel limit may wait for review (the same checks as predict).

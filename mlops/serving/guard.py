@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from mlops.members.keys import KeyStore, Member
 from mlops.members.ratelimit import RateLimiter
 from mlops.members.requestlog import RequestLog
+from mlops.serving.admission import ADMITTED
 from mlops.settings import Settings
 
 #: Calls that are attributed to a member in the request log.
@@ -54,8 +55,11 @@ def requires(role: str):
     """A dependency that authenticates the caller, checks ``role`` and spends one rate-limit token."""
 
     def dependency(request: Request) -> Member:
+        if request.scope.get("state", {}).get(ADMITTED) == role:
+            return request.state.member  # checked from the headers before the body was read (admission)
         return request.app.state.guard.check(request, role)
 
+    dependency.guard_role = role  # what admission reads to check the caller before the body
     return Annotated[Member, Depends(dependency)]
 
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from mlops.inference import BadInput
 from mlops.serving.guard import MemberCaller, note_call
 from mlops.serving.model_store import ModelStore
-from mlops.serving.uploads import check_declared_length, read_upload
+from mlops.serving.uploads import read_upload
 
 router = APIRouter()
 
@@ -56,7 +56,6 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store, m
     served = served_or_error(store, task)
     note_call(request, task=task, version=served.version)
     limit = request.app.state.settings.max_upload_bytes
-    check_declared_length(request, limit)
     declared = (file.content_type or "").split(";")[0].strip().lower()
     accepted = served.predictor.accepted_content_types
     if accepted and declared not in accepted:
