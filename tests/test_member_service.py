@@ -274,6 +274,29 @@ def test_a_chunked_body_is_cut_off_at_the_limit_while_it_streams(service):
     assert sent < count * len(chunk) / 4, f"the whole body ({sent} bytes) was sent: nothing stopped reading it"
 
 
+def test_hostile_ids_and_tasks_on_member_routes_are_4xx(service):
+    """What used to be a 500: a contribution to a task the service does not have, contribution ids beyond the
+    database's integer (10**23), a webhook timestamp that is a digit only to str.isdigit."""
+    base, keys = service["base"], service["keys"]
+    member, steward = {"X-API-Key": new_key(service, "hostile")}, {"X-API-Key": keys["steve"]}
+    r = httpx.post(
+        f"{base}/v1/contributions/no_such_task",
+        files={"file": ("x.png", fractograph(5), "image/png")},
+        data={"label": "fatigue"},
+        headers=member,
+        timeout=60,
+    )
+    assert r.status_code == 404 and "unknown task" in r.json()["detail"], r.text
+    for path in ("/v1/contributions/100000000000000000000000/review", "/v1/contributions/0/review"):
+        r = httpx.post(f"{base}{path}", json={"accept": False, "note": "x"}, headers=steward, timeout=60)
+        assert r.status_code == 422, r.text
+    r = httpx.get(f"{base}/v1/contributions/100000000000000000000000/image", headers=steward, timeout=60)
+    assert r.status_code == 422, r.text
+    odd = {"x-mlflow-delivery-id": "d", "x-mlflow-timestamp": "²".encode(), "x-mlflow-signature": "v1,x"}
+    r = httpx.post(f"{base}/v1/registry/events", content=b"{}", headers=odd, timeout=60)
+    assert r.status_code == 401 and "timestamp" in r.json()["detail"], r.text
+
+
 def test_decompression_bomb_is_refused_by_dimensions(service):
     buf = io.BytesIO()
     Image.new("L", (4000, 4000)).save(buf, format="PNG")  # tiny file, 16 Mpx > the 1 Mpx limit

@@ -29,7 +29,7 @@ class RequestLog:
 
     def record(self, **row: Any) -> None:
         row.setdefault("at", datetime.now(UTC).isoformat(timespec="milliseconds"))
-        self._queue.put(row)
+        self._queue.put(fitted(row))
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until every row recorded so far is in the database."""
@@ -59,13 +59,22 @@ class RequestLog:
             except queue.Empty:
                 pass
             if rows:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(REQUEST_LOG.insert(), rows)
-                except Exception:  # the log must never take the service down; say so loudly and go on
-                    logger.exception("could not write %d request-log rows", len(rows))
+                self._write(rows)
             for event in waiting:
                 event.set()
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        """One batch insert; if it fails, each row on its own, so one bad row never costs the others theirs."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(REQUEST_LOG.insert(), rows)
+            return
+        except Exception:  # the log must never take the service down; say so loudly and go on
+            if len(rows) == 1:
+                logger.exception("could not write a request-log row: %s", rows[0])
+                return
+        for row in rows:
+            self._write([row])
 
     def rows(self, member: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = sa.select(REQUEST_LOG).order_by(REQUEST_LOG.c.id.desc()).limit(limit)
@@ -73,3 +82,21 @@ class RequestLog:
             query = query.where(REQUEST_LOG.c.member == member)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def fitted(row: dict[str, Any]) -> dict[str, Any]:
+    """The row cut to the table: every column (None where unknown: a batch insert takes its columns from the first
+    row, so rows with other keys would lose fields), strings within their column's length (a caller chooses the
+    task name in the URL: on PostgreSQL an over-long one would fail the insert), integers within 32 bits."""
+    out: dict[str, Any] = {}
+    for column in REQUEST_LOG.c:
+        name, value = column.name, row.get(column.name)
+        if name == "id":
+            continue
+        length = getattr(column.type, "length", None)
+        if isinstance(value, str) and length is not None:
+            value = value[:length]
+        elif isinstance(column.type, sa.Integer) and isinstance(value, int) and not -(2**31) <= value < 2**31:
+            value = None
+        out[name] = value
+    return out

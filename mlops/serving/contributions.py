@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
@@ -22,6 +23,10 @@ from mlops.serving.guard import MemberCaller, StewardCaller, note_call
 from mlops.serving.uploads import read_upload
 
 router = APIRouter(prefix="/v1/contributions")
+
+
+#: A contribution id as the database stores it (a 32-bit key): anything else is a 422, not a database error.
+ContributionId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
 def queue(request: Request) -> ReviewQueue:
@@ -42,6 +47,10 @@ async def contribute(
     member: MemberCaller,
 ) -> dict[str, Any]:
     """Multipart: ``file``, ``label``, and each field the task's layout needs (``contribution-form`` lists them)."""
+    from mlops.tasks import task_names
+
+    if task not in task_names():
+        raise HTTPException(404, detail=f"unknown task {task!r}; tasks: {sorted(task_names())}")
     settings = request.app.state.settings
     data, digest = await read_upload(file, settings.max_upload_bytes)
     note_call(request, task=task, upload_bytes=len(data), upload_sha256=digest)
@@ -64,7 +73,7 @@ def list_contributions(
 
 
 @router.get("/{contribution_id}/image")
-def contribution_image(contribution_id: int, request: Request, _steward: StewardCaller) -> FileResponse:
+def contribution_image(contribution_id: ContributionId, request: Request, _steward: StewardCaller) -> FileResponse:
     q = queue(request)
     try:
         c = q.get(contribution_id)
@@ -79,7 +88,9 @@ class Decision(BaseModel):
 
 
 @router.post("/{contribution_id}/review")
-def review(contribution_id: int, decision: Decision, request: Request, steward: StewardCaller) -> dict[str, Any]:
+def review(
+    contribution_id: ContributionId, decision: Decision, request: Request, steward: StewardCaller
+) -> dict[str, Any]:
     q = queue(request)
     try:
         if decision.accept:

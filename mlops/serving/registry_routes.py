@@ -79,11 +79,12 @@ def verify_mlflow_signature(secret: str, headers: Any, body: bytes, now: float |
     signature = headers.get("x-mlflow-signature", "")
     if not delivery or not stamp or not signature.startswith("v1,"):
         raise AuthError("registry event without an MLflow webhook signature")
-    if not stamp.isdigit() or abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_SECONDS:
+    if not (stamp.isascii() and stamp.isdigit()) or abs((now or time.time()) - int(stamp)) > WEBHOOK_MAX_AGE_SECONDS:
         raise AuthError("registry event timestamp is missing or too old (replayed?)")
     signed = f"{delivery}.{stamp}.{body.decode('utf-8', 'replace')}".encode()
     expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
-    if not hmac.compare_digest(signature[3:], expected):
+    # compared as bytes: a header may carry any latin-1 character, which compare_digest refuses in a str
+    if not hmac.compare_digest(signature[3:].encode("latin-1", "replace"), expected.encode()):
         raise AuthError("registry event signature does not match (wrong MLOPS_WEBHOOK_SECRET?)")
 
 
