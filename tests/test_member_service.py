@@ -437,8 +437,74 @@ def test_release_through_the_service_needs_the_admin_role(service):
     assert r.status_code == 409 and "no previous champion" in r.json()["detail"]
 
 
+def signed_event(service) -> httpx.Response:
+    """An MLflow webhook delivery signed with the service's secret: the service re-reads the aliases at once."""
+    import base64
+    import hashlib
+    import hmac
+
+    body, delivery, stamp = b'{"entity": "model_version_alias"}', "test-delivery", str(int(time.time()))
+    digest = hmac.new(b"s3cret", f"{delivery}.{stamp}.{body.decode()}".encode(), hashlib.sha256).digest()
+    headers = {
+        "x-mlflow-delivery-id": delivery,
+        "x-mlflow-timestamp": stamp,
+        "x-mlflow-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+    return httpx.post(f"{service['base']}/v1/registry/events", content=body, headers=headers, timeout=120)
+
+
+def test_a_model_from_code_version_is_never_executed_even_when_released(service, tmp_path):
+    """A "model from code" registered straight through MLflow, on the champion's run with the champion's tags (so
+    every gate holds and `mlops registry promote` records it as a proper release): MLflow's loader would run its
+    Python, which leaves a marker file when it runs inside the service. The service's own loader finds no weights
+    and spec it built, refuses it in /readyz, and the released version keeps answering; no marker appears."""
+    import mlflow
+
+    repo, env = service["repo"], service["env"]
+    served = champion_version(service)
+    marker = tmp_path / "artifact-code-ran"
+    code = tmp_path / "evil_model.py"
+    code.write_text(
+        "import os, pathlib\n"
+        "from mlflow.models import set_model\n"
+        "from mlflow.pyfunc import PythonModel\n"
+        f"if os.environ.get('MLOPS_WEBHOOK_SECRET') == 's3cret':  # only inside the service process\n"
+        f"    pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "class M(PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        return model_input\n"
+        "set_model(M())\n"
+    )
+    uri = f"sqlite:///{Path(env['MLOPS_HOME']) / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        with mlflow.start_run(run_id=served.run_id):
+            info = mlflow.pyfunc.log_model(name="from_code", python_model=str(code))
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        evil = client.create_model_version("fracture", info.model_uri, run_id=served.run_id, tags=served.tags)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    promote = ["mlops", "registry", "promote", "fracture", str(evil.version), "--approver", "t", "--reason", "code"]
+    run(promote, repo, env)
+    try:
+        assert signed_event(service).status_code == 200
+        ready = httpx.get(f"{service['base']}/readyz", timeout=30).json()
+        assert "UnsafeModel" in ready["errors"].get("fracture", "") and "weights.pt" in ready["errors"]["fracture"]
+        answer = predict(service, new_key(service, "after-code-release"), fractograph()).json()
+        assert answer["version"] == str(served.version)
+        assert not marker.exists(), "the artifact's code ran inside the service"
+    finally:
+        run(["mlops", "registry", "rollback", "fracture", "--actor", "t", "--reason", "code model"], repo, env)
+        signed_event(service)
+    assert "fracture" not in httpx.get(f"{service['base']}/readyz", timeout=30).json()["errors"]
+
+
 def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
-    """A real `mlflow server` on the same store delivers a signed alias event; the service swaps at once."""
+    """A real `mlflow server` on the same store delivers a signed alias event; the service looks at once, and an
+    alias moved behind the release tool's back is refused and reported while the released version keeps serving."""
     from mlflow import MlflowClient
 
     base, env = service["base"], dict(service["env"])
@@ -473,16 +539,23 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
         )
         served = httpx.get(f"{base}/v1/models", timeout=30).json()["models"][0]["version"]
         target = extra_version(service).version
+        # Moved through MLflow's own API, not `mlops registry promote`: the webhook makes the service look at once
+        # (its poll is off), and it refuses the version the release history did not put there.
         client.set_registered_model_alias("fracture", "champion", target)
-        deadline = time.time() + 30
+        deadline, ready = time.time() + 30, {}
         while time.time() < deadline:
-            now = httpx.get(f"{base}/v1/models", timeout=30).json()["models"][0]["version"]
-            if now == str(target):
+            ready = httpx.get(f"{base}/readyz", timeout=30).json()
+            if "fracture" in ready["errors"]:
                 break
             time.sleep(0.3)
-        assert now == str(target), "the webhook never reached the service"
+        assert "moved outside" in ready["errors"].get("fracture", ""), f"the webhook never reached the service: {ready}"
+        assert f"is v{target}" in ready["errors"]["fracture"]
+        models = httpx.get(f"{base}/v1/models", timeout=30).json()
+        assert models["models"][0]["version"] == served  # the released version keeps serving
+        assert predict(service, new_key(service, "after-outside-move"), fractograph()).json()["version"] == served
         client.set_registered_model_alias("fracture", "champion", served)  # leave the store as found
         httpx.post(f"{base}/v1/registry/events", headers={"X-API-Key": service["keys"]["ada"]}, timeout=60)
+        assert "fracture" not in httpx.get(f"{base}/readyz", timeout=30).json()["errors"]
     finally:
         stop_process(mlflow_server)
 

@@ -3,7 +3,8 @@
 The store follows the registry: ``refresh()`` (called by a watcher thread every
 ``alias_poll_seconds``, and by the registry webhook) loads a moved alias's version *beside* the one in
 service, checks that it answers a warm-up input, then swaps the entry in one assignment. If loading
-fails, the old version keeps serving and the failure shows in ``/readyz`` and ``/v1/models``.
+fails, the old version keeps serving and the failure shows in ``/readyz`` and ``/v1/models``. Only a version
+the release history put under the alias is loaded, by the service's own code (``release_gate``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.inference import Predictor
+from mlops.serving.release_gate import load_released, unreleased_reason
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG
 
@@ -78,6 +80,13 @@ class ModelStore:
                         continue
                     current = self._models.get(task)
                     if current is not None and current.version == target:
+                        self.errors.pop(task, None)  # (an alias moved away and back: nothing is wrong any more)
+                        continue
+                    refused = unreleased_reason(self.settings, task, target)
+                    if refused:  # an alias moved behind the tool's back: keep what is served, say why
+                        if self.errors.get(task) != refused:
+                            log.warning("%s: not serving v%s: %s", task, target, refused)
+                        self.errors[task] = refused
                         continue
                     served = self._load(task, target)
                 except Exception as exc:  # keep serving what we have; report it
@@ -101,12 +110,10 @@ class ModelStore:
 
     def _load(self, task: str, version: str) -> ServedModel:
         """Load a version beside the served one and check it answers before it may be swapped in."""
-        import mlflow
         from mlflow import MlflowClient
 
         mv = MlflowClient().get_model_version(task, version)
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{task}/{version}")
-        predictor: Predictor = pyfunc.unwrap_python_model().predictor
+        predictor = load_released(task, version)  # never MLflow's loader: it would run the artifact's code
         predictor.max_pixels = self.settings.max_image_pixels
         with self._compute_lock:
             predictor.predict_array(predictor.warmup_input())
