@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     #: Per-key token bucket: sustained requests per minute, and the burst a key may send at once.
     rate_limit_per_minute: int = 120
     rate_limit_burst: int = 20
+    #: Failed authentications allowed per client address per minute (guessing keys), and their burst.
+    auth_failures_per_minute: int = 10
+    auth_failures_burst: int = 5
+    #: Redis for the rate limits (redis://host:6379/0): every replica then shares one bucket per key, so N
+    #: replicas behind the k8s HPA allow the configured rate, not N times it. Unset: per process, in memory.
+    redis_url: str | None = None
     #: Shared secret of the MLflow registry webhook (HMAC of each delivery); unset = webhook needs an admin key.
     webhook_secret: str | None = None
     #: The params.yaml whose gates a promotion through the service checks.

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.types import ASGIApp
 
-from mlops.members.keys import KeyStore, Member
-from mlops.members.ratelimit import RateLimiter
+from mlops.members.keys import AuthError, KeyStore, Member
+from mlops.members.ratelimit import make_limiter
 from mlops.members.requestlog import RequestLog
 from mlops.serving.admission import ADMITTED
 from mlops.settings import Settings
@@ -30,7 +30,9 @@ class Guard:
         url = settings.resolved_service_db_uri
         self.settings = settings
         self.keys = KeyStore(url)
-        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.limiter = make_limiter(settings)
+        # guessing keys costs a token of the caller's address: a flood of bad keys is refused before the database
+        self.failures = make_limiter(settings, settings.auth_failures_per_minute, settings.auth_failures_burst)
         self.log = RequestLog(url)
 
     def check(self, request: Request, role: str) -> Member:
@@ -43,7 +45,13 @@ class Guard:
             member = ANONYMOUS
             bucket = f"anonymous@{request.client.host if request.client else '?'}"
         else:
-            member = self.keys.authenticate(key)
+            address = f"authfail@{request.client.host if request.client else '?'}"
+            try:
+                member = self.keys.authenticate(key)
+            except AuthError:
+                if key:  # a wrong key, not a missing one: RateLimited (429) once this address guessed too often
+                    self.failures.take(address)
+                raise
             bucket = member.key_id
         request.state.member = member
         member.require(role)
