@@ -256,6 +256,15 @@ def test_a_declared_oversized_body_is_refused_unread_naming_the_limit(service, p
     assert status == 413 and setting in detail and "bytes" in detail, detail
 
 
+def test_every_answer_carries_the_security_headers(service):
+    page = httpx.get(f"{service['base']}/", timeout=30)
+    refused = predict(service, None, fractograph())
+    for r in (page, refused):
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert refused.status_code == 401 and refused.headers["cache-control"] == "no-store"
+
+
 def test_a_chunked_body_is_cut_off_at_the_limit_while_it_streams(service):
     """No Content-Length to trust: the body is counted as it arrives and refused as soon as it passes the limit
     (200,000 bytes + the multipart allowance here); the server stops reading long before the 64 MiB were sent."""

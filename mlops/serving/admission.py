@@ -134,3 +134,38 @@ class Admission:
             return message
 
         await self.app(scope, counted, send)
+
+
+#: Sent with every answer. The page's own inline script and style are allowed; nothing from elsewhere, no framing
+#: (clickjacking), no MIME sniffing, no referrer; API answers are never cached (they carry members' results).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        b"img-src 'self' data: blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+]
+
+
+class SecurityHeaders:
+    """Pure ASGI: the headers above on every response (and ``Cache-Control: no-store`` under /v1/)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = SECURITY_HEADERS + ([(b"cache-control", b"no-store")] if scope["path"].startswith("/v1/") else [])
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                have = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in extra if h[0] not in have]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -12,7 +12,7 @@ from mlops.inference import BadInput
 from mlops.members.keys import AuthError
 from mlops.members.ratelimit import RateLimited
 from mlops.serving import contributions, registry_routes, web
-from mlops.serving.admission import Admission, auth_response, rate_limited_response
+from mlops.serving.admission import Admission, SecurityHeaders, auth_response, rate_limited_response
 from mlops.serving.guard import Guard, RequestLogMiddleware
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
     # The last added runs first: the request log sees every call, the refusals of admission included.
     app.add_middleware(Admission, routes=[route for r in routers for route in r.routes])
     app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
 
     @app.exception_handler(BadInput)
     async def bad_input(_request: Request, exc: BadInput) -> JSONResponse:
