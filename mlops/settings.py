@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = 64 * 1024
     max_image_pixels: int = MAX_IMAGE_PIXELS
     served_alias: str = "champion"
+    #: Requests one task may hold at once, computing or waiting (one computes at a time per task, tasks in
+    #: parallel); one more is refused 503 with Retry-After, so a burst on one task cannot take every worker thread.
+    queue_per_task: int = 4
+    #: A request still waiting for its task's compute slot after this many seconds is answered 504.
+    request_deadline_seconds: float = 30.0
     #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).
     alias_poll_seconds: float = 10.0
     # Member service: API keys, request log and contributions live in the service's database, which

@@ -14,6 +14,7 @@ from mlops.members.ratelimit import RateLimited
 from mlops.serving import contributions, registry_routes, web
 from mlops.serving.admission import Admission, SecurityHeaders, auth_response, rate_limited_response
 from mlops.serving.guard import Guard, RequestLogMiddleware
+from mlops.serving.lanes import LaneFull, LaneTimeout
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
 from mlops.settings import Settings
@@ -54,6 +55,16 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
     @app.exception_handler(AuthError)
     async def auth_error(_request: Request, exc: AuthError) -> JSONResponse:
         return auth_response(exc)
+
+    @app.exception_handler(LaneFull)
+    async def lane_full(_request: Request, exc: LaneFull) -> JSONResponse:
+        return JSONResponse(
+            status_code=503, content={"detail": str(exc)}, headers={"Retry-After": str(exc.retry_after)}
+        )
+
+    @app.exception_handler(LaneTimeout)
+    async def lane_timeout(_request: Request, exc: LaneTimeout) -> JSONResponse:
+        return JSONResponse(status_code=504, content={"detail": str(exc)})
 
     @app.exception_handler(RateLimited)
     async def rate_limited(_request: Request, exc: RateLimited) -> JSONResponse:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.inference import Predictor
+from mlops.serving.lanes import Lanes
 from mlops.serving.release_gate import load_released, unreleased_reason
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG
@@ -50,10 +51,8 @@ class ModelStore:
         self._models: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}
         self._swap_lock = threading.Lock()
-        # Model compute (requests and a new version's warm-up) runs one at a time: torch already uses
-        # every core inside one call, and a warm-up running beside a Grad-CAM request was seen to hang
-        # that request for good under load.
-        self._compute_lock = threading.Lock()
+        # Model compute (requests and a new version's warm-up) runs one at a time per task, tasks side by side.
+        self.lanes = Lanes(settings.queue_per_task, settings.request_deadline_seconds)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -64,9 +63,9 @@ class ModelStore:
         return list(self._models.values())
 
     def predict(self, served: ServedModel, data: bytes, content_type: str) -> dict[str, Any]:
-        """Run one prediction (in a worker thread; never on the event loop)."""
-        with self._compute_lock:
-            return served.predictor.predict_upload(data, content_type)
+        """Run one prediction (in a worker thread; never on the event loop) in its task's lane: LaneFull when the
+        lane is full, LaneTimeout when no slot came within the deadline."""
+        return self.lanes(served.task).run(lambda: served.predictor.predict_upload(data, content_type))
 
     def refresh(self) -> list[str]:
         """Load every task whose alias points to another version than the one served; return swapped tasks."""
@@ -115,7 +114,7 @@ class ModelStore:
         mv = MlflowClient().get_model_version(task, version)
         predictor = load_released(task, version)  # never MLflow's loader: it would run the artifact's code
         predictor.max_pixels = self.settings.max_image_pixels
-        with self._compute_lock:
+        with self.lanes(task)._compute:  # the warm-up waits for its task's lane, never for the others
             predictor.predict_array(predictor.warmup_input())
         lineage = {k.removeprefix(TAG): v for k, v in mv.tags.items() if k.startswith(TAG)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)

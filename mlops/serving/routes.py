@@ -62,6 +62,8 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store, m
         raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
     data, digest = await read_upload(file, limit)
     note_call(request, upload_bytes=len(data), upload_sha256=digest)
-    # Model compute runs in a worker thread so the event loop keeps serving other requests.
+    if await request.is_disconnected():  # the client left while its upload was read: compute nothing for it
+        raise HTTPException(499, detail="client closed the request")
+    # Model compute runs in a worker thread (in its task's lane) so the event loop keeps serving other requests.
     result = await run_in_threadpool(store.predict, served, data, declared)
     return {"task": task, "version": served.version, "alias": served.alias, "member": member.name, **result}

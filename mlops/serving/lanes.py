@@ -1,0 +1,81 @@
+"""Per-task compute lanes: bounded waiting, a deadline, and no task able to starve another.
+
+Each task's model computes one request at a time (its Grad-CAM hooks sit on the shared module), but tasks compute
+side by side: a burst of maximal ttubule stacks no longer queues every fracture answer behind it, as the one
+process-wide lock did. A lane admits at most ``capacity`` requests (computing + waiting); one more is refused at
+once with 503 and ``Retry-After`` instead of tying up a worker thread, and a request still waiting at its deadline
+gets 504. Bounding every lane also bounds the worker threads one task can hold (the thread pool is shared), so
+``/healthz`` and the other tasks always find one free.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class LaneFull(RuntimeError):
+    def __init__(self, task: str, capacity: int, retry_after: int):
+        super().__init__(
+            f"{task} is busy: {capacity} requests are already computing or waiting (MLOPS_QUEUE_PER_TASK); "
+            f"retry in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
+class LaneTimeout(RuntimeError):
+    def __init__(self, task: str, waited: float):
+        super().__init__(
+            f"{task}: no compute slot within the {waited:g} s deadline (MLOPS_REQUEST_DEADLINE_SECONDS); retry later"
+        )
+
+
+class Lane:
+    def __init__(self, task: str, capacity: int, deadline: float):
+        if capacity < 1 or deadline <= 0:
+            raise ValueError("MLOPS_QUEUE_PER_TASK must be >= 1 and MLOPS_REQUEST_DEADLINE_SECONDS > 0")
+        self.task, self.capacity, self.deadline = task, capacity, deadline
+        self._compute = threading.Lock()
+        self._count = threading.Lock()
+        self.admitted = 0  # computing + waiting: the queue depth an operator watches
+        self._recent = 1.0  # seconds the last computation took (what Retry-After is derived from)
+
+    def run(self, work: Callable[[], T]) -> T:
+        with self._count:
+            if self.admitted >= self.capacity:
+                raise LaneFull(self.task, self.capacity, max(1, round(self._recent * self.admitted)))
+            self.admitted += 1
+        try:
+            if not self._compute.acquire(timeout=self.deadline):
+                raise LaneTimeout(self.task, self.deadline)
+            try:
+                started = time.perf_counter()
+                return work()
+            finally:
+                self._recent = time.perf_counter() - started
+                self._compute.release()
+        finally:
+            with self._count:
+                self.admitted -= 1
+
+
+class Lanes:
+    """Task name -> its lane, made on first use."""
+
+    def __init__(self, capacity: int, deadline: float):
+        self.capacity, self.deadline = capacity, deadline
+        self._lanes: dict[str, Lane] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, task: str) -> Lane:
+        with self._lock:
+            if task not in self._lanes:
+                self._lanes[task] = Lane(task, self.capacity, self.deadline)
+            return self._lanes[task]
+
+    def depths(self) -> dict[str, int]:
+        return {task: lane.admitted for task, lane in self._lanes.items()}
