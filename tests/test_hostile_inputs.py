@@ -90,3 +90,124 @@ def test_identical_contributions_racing_store_one_blob_and_one_row(tmp_path):
     assert all("already contributed" in str(o) for o in outcomes if isinstance(o, Exception))
     blobs = list((tmp_path / "blobs").rglob("*"))
     assert [p.suffix for p in blobs if p.is_file()] == [".png"]  # no .part file left behind
+
+
+# --- uploads read within a budget (mlops.inference.arrays and the tasks' decoders) --------------------------------
+
+
+def _npy(array) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _lying_npy(shape: tuple[int, ...]) -> bytes:
+    """A .npy whose header declares ``shape`` (float32) but which holds 16 bytes of data."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 16
+
+
+def _zip(members: dict[str, bytes], method: int | None = None) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=method or zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_npy_headers_are_checked_before_anything_is_allocated():
+    import numpy as np
+
+    from mlops.inference import BadInput
+    from mlops.inference.arrays import read_npy
+
+    with pytest.raises(BadInput, match="limit is 1000") as err:  # 10^12 values declared: refused, not allocated
+        read_npy(_lying_npy((10**6, 10**6)), 1000, "upload")
+    assert err.value.status == 413
+    with pytest.raises(BadInput, match="lying header") as err:
+        read_npy(_lying_npy((10, 10)), 1000, "upload")
+    assert err.value.status == 422
+    buf = io.BytesIO()
+    np.save(buf, np.array(["a", "b"]))
+    with pytest.raises(BadInput, match="not a plain number type"):
+        read_npy(buf.getvalue(), 1000, "upload")
+    with pytest.raises(BadInput, match="not a readable .npy header"):
+        read_npy(b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}   \n", 1000, "upload")
+    assert read_npy(_npy(np.ones((2, 3), np.float32)), 1000, "upload").shape == (2, 3)
+
+
+def test_npz_members_are_checked_from_the_zip_directory():
+    import zipfile
+
+    import numpy as np
+
+    from mlops.inference import BadInput
+    from mlops.inference.arrays import read_npz
+
+    good = _npy(np.ones((2, 3), np.float32))
+    assert set(read_npz(_zip({"frames.npy": good}), 1000, "up")) == {"frames"}
+    cases = [
+        (_zip({"frames.npy": good, "notes.txt": b"hi"}), "not a .npy array"),
+        (_zip({"frames.npy": good}, zipfile.ZIP_BZIP2), "compression method 12"),
+        (_zip({f"a{i}.npy": good for i in range(9)}), "at most 8"),
+        (_zip({"frames.npy": _lying_npy((10**5, 10**5))}), "limit is 1000"),
+    ]
+    encrypted = bytearray(_zip({"frames.npy": good}))
+    encrypted[6] |= 1  # the local header's "encrypted" flag ...
+    central = encrypted.rfind(b"PK\x01\x02")
+    encrypted[central + 8] |= 1  # ... and the central directory's, which zipfile reads
+    cases.append((bytes(encrypted), "encrypted"))
+    for data, words in cases:
+        with pytest.raises(BadInput, match=words):
+            read_npz(data, 1000, "up")
+
+
+def test_gas_leak_refuses_intensities_that_would_overflow_the_network():
+    import numpy as np
+
+    from mlops.inference import BadInput
+    from mlops.tasks.gas_leak.inference import decode_stack
+
+    with pytest.raises(BadInput, match="beyond") as err:
+        decode_stack(_npy(np.full((16, 32, 32), 1e38, np.float32)), 16, 32, 32, 10**6)
+    assert err.value.status == 422
+    with pytest.raises(BadInput) as err:
+        decode_stack(_lying_npy((512, 32, 32)), 16, 32, 32, 10**6)
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400),  # deeper than Python recurses
+        (b'[{"people": [{"pose_keypoints_2d": [' + b"9" * 5000 + b"]}]}]", 400),  # int() refuses 5000 digits
+        (b'[{"people": [{"pose_keypoints_2d": [' + b", ".join([b"1" + b"0" * 400] * 75) + b"]}]}]", 422),
+        (b'[{"people": [{"pose_keypoints_2d": [' + b", ".join([b"3e9"] * 75) + b"]}]}]", 422),
+        (b'[{"people": [{"pose_keypoints_2d": [' + b", ".join([b"1e308"] * 75) + b"]}]}]", 422),
+    ],
+)
+def test_skeleton_json_that_used_to_be_a_500_is_a_4xx(payload, status):
+    from mlops.inference import BadInput
+    from mlops.tasks.skeleton.inference import _check_coordinates, _frames_from_json
+
+    with pytest.raises(BadInput) as err:
+        _check_coordinates(_frames_from_json(payload))
+    assert err.value.status == status, err.value.message
+
+
+def test_skeleton_maps_npy_must_hold_frames():
+    import numpy as np
+
+    from mlops.inference import BadInput
+    from mlops.tasks.skeleton.inference import _maps_from_npy
+
+    for data in (_npy(np.zeros((0, 28, 28), np.uint8)), _lying_npy((40_000, 28, 28))):
+        with pytest.raises(BadInput):
+            _maps_from_npy(data)

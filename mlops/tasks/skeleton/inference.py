@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlops.inference.arrays import NPY_MAGIC, ZIP_MAGIC, read_npy
 from mlops.inference.base import BadInput, Predictor
 from mlops.inference.model_files import rebuild
 from mlops.tasks.skeleton import plots
@@ -32,7 +33,6 @@ CONTENT_TYPES = (
     "application/octet-stream",
     "application/x-npy",
 )
-ZIP_MAGIC, NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
 FRAME_NUMBER = re.compile(r"(\d+)(?:_keypoints)?\.json$")
 MAX_FRAMES = 30 * 60 * 10  # ten minutes of 30 fps video per request
 MAX_UNZIPPED_BYTES = 256 * 1024 * 1024
@@ -51,10 +51,7 @@ def _sniff(data: bytes) -> str | None:
 
 
 def _frames_from_json(data: bytes) -> list[list[np.ndarray]]:
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"malformed JSON: {exc}", status=400) from exc
+    doc = _json(data, "upload")
     if isinstance(doc, dict) and "people" in doc:
         doc = [doc]  # one OpenPose file on its own is one frame
     if not isinstance(doc, list):
@@ -90,12 +87,13 @@ def _frames_from_zip(data: bytes) -> list[list[np.ndarray]]:
 
         frames = []
         for info in sorted(entries, key=order):
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise BadInput(f"{info.filename}: encrypted or compressed with an unusual method; re-zip it", 400)
             try:
-                doc = json.loads(archive.read(info))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise BadInput(f"{info.filename}: malformed JSON: {exc}", status=400) from exc
-            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # CRC errors, encrypted entries
+                raw = archive.read(info)  # at most the declared size, checked against the budget above
+            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as exc:
                 raise BadInput(f"{info.filename}: cannot be read from the zip ({exc})", status=400) from exc
+            doc = _json(raw, info.filename)
             try:
                 frames.append(parse_openpose_frame(doc, info.filename))
             except KeypointError as exc:
@@ -103,13 +101,19 @@ def _frames_from_zip(data: bytes) -> list[list[np.ndarray]]:
         return frames
 
 
-def _maps_from_npy(data: bytes) -> np.ndarray:
+def _json(data: bytes, what: str) -> Any:
+    """Parsed JSON, or BadInput: malformed, nested deeper than Python recurses, or a number of thousands of digits
+    (``int`` refuses those: a ValueError that is not a JSONDecodeError)."""
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BadInput(f"not a readable .npy array: {exc}", status=400) from exc
-    if array.ndim != 3 or array.shape[1:] != (MAP_SIZE, MAP_SIZE):
-        raise BadInput(f"expected maps of shape (frames, {MAP_SIZE}, {MAP_SIZE}), got {array.shape}", status=422)
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadInput(f"{what}: malformed JSON ({type(exc).__name__}: {str(exc)[:200]})", status=400) from exc
+
+
+def _maps_from_npy(data: bytes) -> np.ndarray:
+    array = read_npy(data, MAX_FRAMES * MAP_SIZE * MAP_SIZE, "upload")
+    if array.ndim != 3 or array.shape[1:] != (MAP_SIZE, MAP_SIZE) or len(array) == 0:
+        raise BadInput(f"expected maps of shape (frames >= 1, {MAP_SIZE}, {MAP_SIZE}), got {array.shape}", status=422)
     if not (array.dtype == bool or np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise BadInput(f"maps must be numbers, got dtype {array.dtype}", status=422)
     if len(array) > MAX_FRAMES:

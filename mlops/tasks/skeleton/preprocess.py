@@ -94,7 +94,7 @@ def parse_openpose_frame(doc: Any, where: str = "frame") -> list[np.ndarray]:
             )
         try:
             array = np.asarray(keypoints, dtype=np.float64).reshape(N_JOINTS, 3)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # (an integer beyond float64: OverflowError)
             raise KeypointError(f"{where}, person {i}: pose_keypoints_2d holds non-numbers") from exc
         if not np.isfinite(array).all():
             raise KeypointError(f"{where}, person {i}: pose_keypoints_2d holds NaN or infinity")
