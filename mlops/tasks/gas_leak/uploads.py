@@ -42,8 +42,8 @@ def bad_uploads(raw_dir: Path) -> list[BadUpload]:
         empty(npy),
         foreign_content_type(example),
         BadUpload("not-an-array", b"this is not an array at all", npy, 415, ("not a .npy or .npz",)),
-        BadUpload("corrupt-npy", b"\x93NUMPY garbage after the magic", npy, 422, ("unreadable array",)),
-        BadUpload("corrupt-zip", b"PK\x03\x04 broken zip", "application/zip", 422, ("unreadable array",)),
+        BadUpload("corrupt-npy", b"\x93NUMPY garbage after the magic", npy, 422, (".npy format version",)),
+        BadUpload("corrupt-zip", b"PK\x03\x04 broken zip", "application/zip", 422, ("corrupt .npz",)),
         BadUpload("rank-2", npy_bytes(stack[0]), npy, 422, ("rank 2", f"(frames, {height}, {width})")),
         BadUpload("rank-4", npy_bytes(stack[None]), npy, 422, ("rank 4",)),
         BadUpload("frame-size", npy_bytes(stack[:, :, :-1]), npy, 422, ("has shape", f"{height}, {width}")),
@@ -53,8 +53,8 @@ def bad_uploads(raw_dir: Path) -> list[BadUpload]:
         BadUpload("inf", npy_bytes(inf), npy, 422, ("infinite",)),
         # Finite as float64, infinite as the float32 the model computes in.
         BadUpload("float32-overflow", npy_bytes(stack.astype(np.float64) * 1e300), npy, 422, ("infinite",)),
-        BadUpload("huge-intensities", npy_bytes(np.full_like(stack, 3e38)), npy, 422, ("not finite",)),
-        BadUpload("pickled-objects", npy_bytes(np.array([{"a": 1}], dtype=object)), npy, 422, ("no pickled",)),
+        BadUpload("huge-intensities", npy_bytes(np.full_like(stack, 3e38)), npy, 422, ("intensities beyond",)),
+        BadUpload("pickled-objects", npy_bytes(np.array([{"a": 1}], dtype=object)), npy, 422, ("no objects",)),
         BadUpload(
             "too-many-frames",
             _npz(frames=np.zeros((MAX_FRAMES + 1, height, width), np.float32)),

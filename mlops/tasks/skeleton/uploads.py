@@ -74,5 +74,5 @@ def bad_uploads(raw_dir: Path) -> list[BadUpload]:
         ),
         BadUpload("npy-shape", npy_bytes(np.zeros((40, 32, 32), np.float32)), npy, 422, (f"{MAP_SIZE}, {MAP_SIZE})",)),
         BadUpload("npy-range", npy_bytes(np.full((40, MAP_SIZE, MAP_SIZE), 3.0, np.float32)), npy, 422, ("[0, 1]",)),
-        BadUpload("npy-pickled", npy_bytes(np.array([{"a": 1}], dtype=object)), npy, 400, ("not a readable .npy",)),
+        BadUpload("npy-pickled", npy_bytes(np.array([{"a": 1}], dtype=object)), npy, 422, ("no objects",)),
     ]
