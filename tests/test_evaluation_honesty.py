@@ -227,6 +227,16 @@ def test_the_readme_table_is_replaced_between_its_markers(tmp_path):
     assert not update_readme(tmp_path / "missing.md", table) and not (tmp_path / "missing.md").exists()
 
 
+def test_the_readme_row_carries_the_claims_headline():
+    from mlops.training.findings import headline
+
+    assert headline("Short claim. More detail here.") == "Short claim."
+    assert headline("One sentence only.") == "One sentence only."
+    long = "word " * 60 + "end. Then more."
+    cut = headline(long.strip(), limit=50)
+    assert cut.endswith(" …") and len(cut) <= 52 and "Then" not in cut
+
+
 def test_stage_options_come_from_dvc_yaml():
     options = stage_options(ROOT / "dvc.yaml", "train", "fume_hood", "mlops/tasks/fume_hood")
     assert options["--best"] == "reports/fume_hood/best_params.json"

@@ -133,8 +133,17 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+def headline(text: str, limit: int = 160) -> str:
+    """A claim's first sentence, cut at a word within ``limit`` characters (the README row; the page has it all)."""
+    first = text.split(". ")[0].rstrip(".")
+    if len(first) <= limit:
+        return first + ("." if first != text else "")
+    return first[: first.rfind(" ", 0, limit)].rstrip(",;:") + " …"
+
+
 def summary_table(judgements: list[Judgement]) -> str:
-    """The one table the README shows (copied from the page by ``mlops findings``)."""
+    """The one table the README shows (copied from the page by ``mlops findings``): each claim's headline; the
+    page below it carries the full claims."""
     rows = [
         "| task | study's claim | our difference over seeds (95 % CI) | study's side won | verdict |",
         "| --- | --- | --- | --- | --- |",
@@ -142,8 +151,9 @@ def summary_table(judgements: list[Judgement]) -> str:
     for j in judgements:
         c = j.claim
         versus = f"`{c.better}` - `{c.than}`" if c.than else f"`{c.better}` - chance {c.chance}"
+        interval = f"{_num(j.difference)} [{_num(j.low)}, {_num(j.high)}]"
         rows.append(
-            f"| `{j.task}` | {c.text} | {versus}, {c.metric}: {_num(j.difference)} [{_num(j.low)}, {_num(j.high)}] "
+            f"| `{j.task}` | {headline(c.text)} | {versus}, {c.metric}: {interval} "
             f"| {j.wins} of {j.seeds} seeds (sign test p = {_num(j.sign_test_p, 2)}) | **{j.verdict}** |"
         )
     return "\n".join(rows)
