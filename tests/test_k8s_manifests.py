@@ -160,10 +160,19 @@ def test_kustomize_builds_are_valid_and_consistent(target):
             assert obj["metadata"].get("namespace") == "mlops", f"{obj['kind']}/{obj['metadata']['name']}"
     assert {"postgres", "mlflow", "serving"} <= set(by_kind["Service"])
     assert set(by_kind["StatefulSet"]) == {"postgres"}
-    assert set(by_kind["Deployment"]) == {"mlflow", "serving"}
+    assert set(by_kind["Deployment"]) == {"mlflow", "serving", "redis"}
     assert set(by_kind["PersistentVolumeClaim"]) == {"mlflow-artifacts", "sweep-data", "sweep-checkpoints"}
     assert by_kind["HorizontalPodAutoscaler"]["serving"]["spec"]["scaleTargetRef"]["name"] in by_kind["Deployment"]
     assert "Ingress" in by_kind
+    # MLflow (no authentication of its own) stays inside the cluster; the service shares its rate limits in Redis
+    # and finds its own tables (keys, request log, release history) in PostgreSQL.
+    published = {p["backend"]["service"]["name"] for r in by_kind["Ingress"]["mlops"]["spec"]["rules"]
+                 for p in r["http"]["paths"]}  # fmt: skip
+    assert published == {"serving"}
+    env = {e["name"]: e for e in by_kind["Deployment"]["serving"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLOPS_REDIS_URL"]["value"].startswith("redis://redis:")
+    for name in ("MLOPS_SERVICE_DB_URI", "MLOPS_HISTORY_URI"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlops-db"
 
     # Services select pods that exist; claims and config maps that pods use exist.
     pods = {f"{o['kind']}/{n}": o for k in ("Deployment", "StatefulSet") for n, o in by_kind[k].items()}
