@@ -162,6 +162,21 @@ def test_member_key_predicts_and_the_call_is_logged_without_image_bytes(service)
     }
 
 
+def test_steward_reads_are_in_the_request_log(service):
+    from mlops.members.requestlog import RequestLog
+    from mlops.settings import Settings
+
+    r = httpx.get(f"{service['base']}/v1/contributions", headers={"X-API-Key": service["keys"]["steve"]}, timeout=60)
+    assert r.status_code == 200, r.text
+    log = RequestLog(Settings(home=service["env"]["MLOPS_HOME"]).resolved_service_db_uri)
+    deadline, rows = time.time() + 10, []
+    while time.time() < deadline and not rows:
+        rows = [r for r in log.rows("steve") if r["route"] == "/v1/contributions" and r["status"] == 200]
+        time.sleep(0.3)
+    log.close()
+    assert rows, "the steward's read of the queue is not in the request log"
+
+
 def test_missing_wrong_and_revoked_keys_are_refused(service):
     assert predict(service, None, fractograph()).status_code == 401
     r = predict(service, "mlk_000000000000_not-a-key", fractograph())

@@ -88,7 +88,8 @@ class RequestLogMiddleware:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(LOGGED_PREFIXES) or scope["method"] == "GET":
+        # GETs too: a steward reading the contribution queue or a member's image is an access to record
+        if scope["type"] != "http" or not scope["path"].startswith(LOGGED_PREFIXES):
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), {"code": 500}
