@@ -211,3 +211,15 @@ def test_skeleton_maps_npy_must_hold_frames():
     for data in (_npy(np.zeros((0, 28, 28), np.uint8)), _lying_npy((40_000, 28, 28))):
         with pytest.raises(BadInput):
             _maps_from_npy(data)
+
+
+@pytest.mark.parametrize("value", ['=HYPERLINK("http://x")', "+1+1", "@SUM(A1)", "-2+3", "500\x07", "x" * 201])
+def test_contribution_fields_cannot_carry_spreadsheet_formulas(tmp_path, value):
+    """Free-text fields of a contribution land in labels.csv, which stewards open in spreadsheets."""
+    buf = io.BytesIO()
+    Image.new("L", (40, 40), 128).save(buf, format="PNG")
+    queue = ReviewQueue(f"sqlite:///{tmp_path / 'service.db'}", tmp_path / "blobs")
+    with pytest.raises(ReviewError, match="field"):
+        queue.submit("fracture", "acme", None, buf.getvalue(), "fatigue", {"magnification": value})
+    assert queue.list("fracture") == []
+    assert queue.submit("fracture", "acme", None, buf.getvalue(), "fatigue", {"magnification": "-500"}).id

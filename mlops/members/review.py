@@ -28,6 +28,20 @@ from mlops.tasks.capabilities import TakesContributions
 _SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
 
 
+#: Longest free-text form field kept with a contribution.
+MAX_FIELD_CHARS = 200
+
+
+def _spreadsheet_formula(value: str) -> bool:
+    """A value a spreadsheet would run as a formula (CSV injection); a negative number is fine."""
+    value = value.strip()
+    if not value:
+        return False
+    if value[0] == "-":
+        return not value[1:].replace(".", "", 1).isdigit()
+    return value[0] in "=+@\t\r" or not value.isprintable()
+
+
 class ReviewError(ValueError):
     """A contribution or review that cannot be done; the message says why and what to do."""
 
@@ -79,6 +93,12 @@ class ReviewQueue:
         missing = [f for f in spec.contribution_fields if not str(meta.get(f, "")).strip()]
         if missing:
             raise ReviewError(f"a {task} contribution needs {missing} as well (form fields)")
+        formulas = [f for f in spec.contribution_fields if _spreadsheet_formula(str(meta[f]))]
+        if formulas:  # the fields end up in labels.csv, which stewards open in spreadsheets
+            raise ReviewError(f"{formulas}: a field may not start with =, +, -, @ or a control character")
+        too_long = [f for f in spec.contribution_fields if len(str(meta[f])) > MAX_FIELD_CHARS]
+        if too_long:
+            raise ReviewError(f"{too_long}: at most {MAX_FIELD_CHARS} characters per field")
         kind = sniff_image_type(data)
         if kind is None:
             raise ReviewError("not a PNG or JPEG image (checked by its first bytes)")
