@@ -362,9 +362,9 @@ def findings(
     from rich.progress import Progress, TextColumn
 
     from mlops.data.stages import stage_options
+    from mlops.findings import judge, page, read_runs, summary_table, update_readme
     from mlops.params import load_experiment, load_params
     from mlops.tasks import get_task
-    from mlops.training.findings import judge, page, read_runs, summary_table, update_readme
     from mlops.training.repeats import SUMMARY_FILE, plan_jobs, run_repeats
     from mlops.tuning.sweep import read_sweeps
 
@@ -397,8 +397,9 @@ def findings(
                 )  # fmt: skip
         summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
         about[name] = {"epochs": summary.get("epochs"), "seeds": summary.get("seeds")}
-        maximize = load_experiment(name, experiments).objective.direction == "maximize"
-        judgements.append(judge(read_runs(folder), name, claim, val_maximize=maximize))
+        exp = load_experiment(name, experiments)
+        maximize = exp.objective.direction == "maximize"
+        judgements.append(judge(read_runs(folder), name, claim, val_maximize=maximize, fixed_arm=exp.register_arm))
         console.print(f"{name}: {judgements[-1].verdict}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page(judgements, metrics_paths, about))

@@ -9,9 +9,9 @@ import pytest
 from mlops.config import Gates
 from mlops.data.arrays import SealedSplitError, load_array, open_sealed_splits, save_split
 from mlops.data.stages import stage_options
+from mlops.findings import README_END, README_START, judge, summary_table, update_readme
 from mlops.stats import Interval, bootstrap, paired
 from mlops.tasks.base import Claim
-from mlops.training.findings import README_END, README_START, judge, summary_table, update_readme
 from tests.conftest import ROOT
 
 
@@ -227,8 +227,28 @@ def test_the_readme_table_is_replaced_between_its_markers(tmp_path):
     assert not update_readme(tmp_path / "missing.md", table) and not (tmp_path / "missing.md").exists()
 
 
+def test_a_fixed_arm_is_not_reported_as_chosen_on_validation():
+    """skeleton serves `register_arm: lstm_vae`; its validation loss (the AE pays no KL) would pick the AE every
+    time, which the page must not present as what the pipeline does."""
+    claim = Claim(text="A beats B", metric="m", better="a", than="b")
+    rows = pd.DataFrame(
+        [
+            {"seed": s, "arm": arm, "m": m, "val_loss": v}
+            for s in range(3)
+            for arm, m, v in (("a", 1.0, 5), ("b", 0.5, 1))
+        ]
+    )
+    free = judge(rows, "t", claim, val_maximize=False)
+    assert free.val_choice.startswith("`b` chosen on val_loss in 3 of 3 seeds (what a one-seed pipeline would pick")
+    fixed = judge(rows, "t", claim, val_maximize=False, fixed_arm="a")
+    assert fixed.val_choice.startswith(
+        "none on validation: the experiment file fixes the served arm (`register_arm: a`)"
+    )
+    assert "would pick `b` chosen on val_loss" in fixed.val_choice
+
+
 def test_the_readme_row_carries_the_claims_headline():
-    from mlops.training.findings import headline
+    from mlops.findings import headline
 
     assert headline("Short claim. More detail here.") == "Short claim."
     assert headline("One sentence only.") == "One sentence only."

@@ -48,7 +48,7 @@ LAYERS = (
     ("params", "fit"),
     ("tuning",),
     ("training",),
-    ("registry",),
+    ("registry", "findings"),
     ("members", "audit", "audit_html"),
     ("serving", "steward_cli", "members_cli"),
     ("cli",),

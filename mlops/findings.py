@@ -61,9 +61,15 @@ def selection_stability(runs: pd.DataFrame, val_maximize: bool) -> str:
 
 
 def judge(
-    runs: pd.DataFrame, task: str, claim: Claim, level: float = 0.95, val_maximize: bool | None = None
+    runs: pd.DataFrame,
+    task: str,
+    claim: Claim,
+    level: float = 0.95,
+    val_maximize: bool | None = None,
+    fixed_arm: str | None = None,
 ) -> Judgement:
-    """The claim judged on ``runs`` (repeats' runs.csv: one row per seed and arm)."""
+    """The claim judged on ``runs`` (repeats' runs.csv: one row per seed and arm). ``fixed_arm``: the experiment's
+    ``register_arm``, when the served arm is not chosen on validation at all."""
     from scipy import stats
 
     metric = claim.metric
@@ -98,6 +104,13 @@ def judge(
         verdict = "inconclusive"
     per_seed = wide.reset_index()
     choice = "" if val_maximize is None else selection_stability(runs, val_maximize)
+    if fixed_arm is not None:
+        # the validation metric may not rank arms at all (skeleton's AE pays no KL): say what it would pick, but
+        # not as what the pipeline does
+        would = f"; the validation metric would pick {choice}" if choice else ""
+        choice = f"none on validation: the experiment file fixes the served arm (`register_arm: {fixed_arm}`){would}"
+    else:
+        choice = f"{choice} (what a one-seed pipeline would pick)" if choice else ""
     return Judgement(task, claim, n, mean, low, high, wins, losses, sign_test(wins, losses), verdict, per_seed, choice)
 
 
@@ -188,11 +201,7 @@ def page(judgements: list[Judgement], metrics_paths: dict[str, Path], about: dic
             "",
             markdown_table(j.per_seed),
             "",
-            *(
-                [f"- Selection on validation (what a one-seed pipeline would pick): {j.val_choice}."]
-                if j.val_choice
-                else []
-            ),
+            *([f"- Arm selection: {j.val_choice}."] if j.val_choice else []),
             *_pipeline_lines(metrics_paths[j.task], c),
             "",
             f"**What the simulator does and does not test:** {c.simulator_note or '(not stated)'}",
