@@ -223,3 +223,12 @@ def test_contribution_fields_cannot_carry_spreadsheet_formulas(tmp_path, value):
         queue.submit("fracture", "acme", None, buf.getvalue(), "fatigue", {"magnification": value})
     assert queue.list("fracture") == []
     assert queue.submit("fracture", "acme", None, buf.getvalue(), "fatigue", {"magnification": "-500"}).id
+
+
+def test_a_signed_webhook_delivery_is_accepted_once():
+    from mlops.serving.registry_routes import WEBHOOK_MAX_AGE_SECONDS, Deliveries
+
+    seen, now = Deliveries(), 1_000_000.0
+    assert seen.first_time("d1", now) and seen.first_time("d2", now)
+    assert not seen.first_time("d1", now + 10)  # replayed inside the window
+    assert seen.first_time("d1", now + WEBHOOK_MAX_AGE_SECONDS + 1)  # (outside it the timestamp check refuses)

@@ -467,7 +467,9 @@ def signed_event(service) -> httpx.Response:
     import hashlib
     import hmac
 
-    body, delivery, stamp = b'{"entity": "model_version_alias"}', "test-delivery", str(int(time.time()))
+    import uuid
+
+    body, delivery, stamp = b'{"entity": "model_version_alias"}', uuid.uuid4().hex, str(int(time.time()))
     digest = hmac.new(b"s3cret", f"{delivery}.{stamp}.{body.decode()}".encode(), hashlib.sha256).digest()
     headers = {
         "x-mlflow-delivery-id": delivery,

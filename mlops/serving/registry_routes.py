@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import threading
 import time
 from typing import Any
 
@@ -73,6 +74,26 @@ async def rollback_route(task: str, body: RollbackRequest, request: Request, adm
     return event_json(event)
 
 
+class Deliveries:
+    """Delivery ids seen within the replay window (per process): a signed delivery is accepted once. A replay to
+    another replica still passes its own check; it can only make that replica re-read the aliases early."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery: str, now: float) -> bool:
+        with self._lock:
+            self._seen = {d: t for d, t in self._seen.items() if now - t <= WEBHOOK_MAX_AGE_SECONDS}
+            if delivery in self._seen:
+                return False
+            self._seen[delivery] = now
+            return True
+
+
+DELIVERIES = Deliveries()
+
+
 def verify_mlflow_signature(secret: str, headers: Any, body: bytes, now: float | None = None) -> None:
     """Check an MLflow webhook delivery: HMAC-SHA256 of ``<delivery id>.<timestamp>.<payload>``, fresh."""
     delivery, stamp = headers.get("x-mlflow-delivery-id"), headers.get("x-mlflow-timestamp")
@@ -98,6 +119,8 @@ async def registry_event(request: Request) -> dict[str, Any]:
     settings, guard = request.app.state.settings, request.app.state.guard
     if settings.webhook_secret:
         verify_mlflow_signature(settings.webhook_secret, request.headers, await request.body())
+        if not DELIVERIES.first_time(request.headers["x-mlflow-delivery-id"], time.time()):
+            raise AuthError("registry event already delivered (a replay): each delivery id is accepted once")
     else:
         await run_in_threadpool(guard.check, request, "admin")
     store = request.app.state.store
