@@ -466,7 +466,6 @@ def signed_event(service) -> httpx.Response:
     import base64
     import hashlib
     import hmac
-
     import uuid
 
     body, delivery, stamp = b'{"entity": "model_version_alias"}', uuid.uuid4().hex, str(int(time.time()))
