@@ -196,6 +196,7 @@ def test_missing_wrong_and_revoked_keys_are_refused(service):
         (b"hello, not an image", "text/plain", 415, "not accepted"),
         (b"hello, not an image", "image/png", 415, "first bytes"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 422, "corrupt"),
+        (fractograph(7), "image/jpeg", 415, "image/png by its first bytes"),
     ],
 )
 def test_limits_answer_4xx_with_a_clear_message(service, data, ctype, status, words):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from mlops.inference import BadInput
+from mlops.inference.images import IMAGE_TYPES, sniff_image_type
 from mlops.serving.guard import MemberCaller, note_call
 from mlops.serving.model_store import ModelStore
 from mlops.serving.uploads import read_upload
@@ -62,6 +63,11 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store, m
         raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
     data, digest = await read_upload(file, limit)
     note_call(request, upload_bytes=len(data), upload_sha256=digest)
+    sniffed = sniff_image_type(data)
+    if declared in IMAGE_TYPES and sniffed in IMAGE_TYPES and sniffed != declared:
+        raise BadInput(
+            f"the file is {sniffed} by its first bytes but was sent as {declared}: send it as {sniffed}", 415
+        )
     if await request.is_disconnected():  # the client left while its upload was read: compute nothing for it
         raise HTTPException(499, detail="client closed the request")
     # Model compute runs in a worker thread (in its task's lane) so the event loop keeps serving other requests.
