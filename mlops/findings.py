@@ -107,7 +107,7 @@ def judge(
     if fixed_arm is not None:
         # the validation metric may not rank arms at all (skeleton's AE pays no KL): say what it would pick, but
         # not as what the pipeline does
-        would = f"; the validation metric would pick {choice}" if choice else ""
+        would = f"; {choice.replace(' chosen on ', ' would be chosen on ')}" if choice else ""
         choice = f"none on validation: the experiment file fixes the served arm (`register_arm: {fixed_arm}`){would}"
     else:
         choice = f"{choice} (what a one-seed pipeline would pick)" if choice else ""

@@ -244,7 +244,7 @@ def test_a_fixed_arm_is_not_reported_as_chosen_on_validation():
     assert fixed.val_choice.startswith(
         "none on validation: the experiment file fixes the served arm (`register_arm: a`)"
     )
-    assert "would pick `b` chosen on val_loss" in fixed.val_choice
+    assert "; `b` would be chosen on val_loss in 3 of 3 seeds" in fixed.val_choice
 
 
 def test_the_readme_row_carries_the_claims_headline():
