@@ -232,3 +232,31 @@ def test_a_signed_webhook_delivery_is_accepted_once():
     assert seen.first_time("d1", now) and seen.first_time("d2", now)
     assert not seen.first_time("d1", now + 10)  # replayed inside the window
     assert seen.first_time("d1", now + WEBHOOK_MAX_AGE_SECONDS + 1)  # (outside it the timestamp check refuses)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"task": "fracture", "inference_module": "antigravity"}, "not \\('fracture'"),
+        ({"task": "gas_leak", "inference_module": "mlops.tasks.gas_leak.inference"}, "not \\('fracture'"),
+        ("[1, 2]", "its spec names"),
+        (None, "not valid JSON"),
+    ],
+)
+def test_a_spec_naming_another_module_or_task_is_refused_before_any_import(tmp_path, spec, words):
+    """The service imports only the task plugin's own inference module, whatever a version's spec.json names."""
+    import json
+    import sys
+
+    from mlops.serving.release_gate import UnsafeModel, load_folder
+
+    (tmp_path / "weights.pt").write_bytes(b"never read")
+    text = "{not json" if spec is None else spec if isinstance(spec, str) else json.dumps(spec)
+    (tmp_path / "spec.json").write_text(text)
+    sys.modules.pop("antigravity", None)
+    with pytest.raises(UnsafeModel, match=words):
+        load_folder("fracture", tmp_path, "fracture v9")
+    assert "antigravity" not in sys.modules
+    (tmp_path / "weights.pt").unlink()
+    with pytest.raises(UnsafeModel, match="holds no weights.pt"):
+        load_folder("fracture", tmp_path, "fracture v9")

@@ -44,6 +44,11 @@ class Lane:
         self.admitted = 0  # computing + waiting: the queue depth an operator watches
         self._recent = 1.0  # seconds the last computation took (what Retry-After is derived from)
 
+    def exclusive(self) -> threading.Lock:
+        """The task's compute slot itself, for work that must not be refused (a new version's warm-up): it waits
+        for the slot without taking a place in the bounded queue."""
+        return self._compute
+
     def run(self, work: Callable[[], T]) -> T:
         with self._count:
             if self.admitted >= self.capacity:

@@ -114,7 +114,7 @@ class ModelStore:
         mv = MlflowClient().get_model_version(task, version)
         predictor = load_released(task, version)  # never MLflow's loader: it would run the artifact's code
         predictor.max_pixels = self.settings.max_image_pixels
-        with self.lanes(task)._compute:  # the warm-up waits for its task's lane, never for the others
+        with self.lanes(task).exclusive():  # the warm-up waits for its task's lane, never for the others
             predictor.predict_array(predictor.warmup_input())
         lineage = {k.removeprefix(TAG): v for k, v in mv.tags.items() if k.startswith(TAG)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)

@@ -62,19 +62,23 @@ def load_released(task: str, version: str) -> Predictor:
     """The version's predictor, built by ``task``'s own inference module from its weights and spec."""
     import mlflow
 
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{version}", dst_path=tmp))
+        return load_folder(task, root / "artifacts", f"{task} v{version}")
+
+
+def load_folder(task: str, folder: Path, what: str) -> Predictor:
+    """``folder``'s weights and spec read by ``task``'s inference module; UnsafeModel for anything else."""
     from mlops.tasks import get_task
 
     module_name = get_task(task).inference_module
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(f"models:/{task}/{version}", dst_path=tmp))
-        folder = root / "artifacts"
-        if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
-            raise UnsafeModel(f"{task} v{version} holds no {WEIGHTS} and {SPEC} (not a model this project logged)")
-        try:
-            spec = json.loads((folder / SPEC).read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UnsafeModel(f"{task} v{version}: {SPEC} is not valid JSON ({exc})") from exc
-        if not isinstance(spec, dict) or spec.get("task") != task or spec.get("inference_module") != module_name:
-            got = (spec.get("task"), spec.get("inference_module")) if isinstance(spec, dict) else spec
-            raise UnsafeModel(f"{task} v{version}: its spec names {got}, not ({task!r}, {module_name!r}): refused")
-        return importlib.import_module(module_name).load(folder / WEIGHTS, spec)
+    if not (folder / SPEC).is_file() or not (folder / WEIGHTS).is_file():
+        raise UnsafeModel(f"{what} holds no {WEIGHTS} and {SPEC} (not a model this project logged)")
+    try:
+        spec = json.loads((folder / SPEC).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnsafeModel(f"{what}: {SPEC} is not valid JSON ({exc})") from exc
+    if not isinstance(spec, dict) or spec.get("task") != task or spec.get("inference_module") != module_name:
+        got = (spec.get("task"), spec.get("inference_module")) if isinstance(spec, dict) else spec
+        raise UnsafeModel(f"{what}: its spec names {got}, not ({task!r}, {module_name!r}): refused")
+    return importlib.import_module(module_name).load(folder / WEIGHTS, spec)
