@@ -635,9 +635,16 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve every task's champion over HTTP (FastAPI + uvicorn)."""
     import uvicorn
 
+    from mlops.serving.access_log import redact_query_secrets
     from mlops.serving.app import create_app
 
-    uvicorn.run(create_app(), host=host, port=port)
+    settings = _settings()
+    redact_query_secrets()
+    # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; only the configured proxies are believed.
+    trusted = settings.forwarded_allow_ips.strip()
+    uvicorn.run(
+        create_app(), host=host, port=port, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or "127.0.0.1"
+    )
 
 
 @app.command("tasks")

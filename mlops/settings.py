@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     #: Failed authentications allowed per client address per minute (guessing keys), and their burst.
     auth_failures_per_minute: int = 10
     auth_failures_burst: int = 5
+    #: Peers whose X-Forwarded-For the service believes (comma-separated IPs or CIDRs; "*" for any). Empty: none,
+    #: so the per-address limits count the TCP peer and a client cannot rotate the header to get a fresh bucket.
+    #: Behind the k8s Ingress set it to the ingress controller's addresses.
+    forwarded_allow_ips: str = ""
     #: Redis for the rate limits (redis://host:6379/0): every replica then shares one bucket per key, so N
     #: replicas behind the k8s HPA allow the configured rate, not N times it. Unset: per process, in memory.
     redis_url: str | None = None

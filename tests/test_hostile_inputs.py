@@ -260,3 +260,47 @@ def test_a_spec_naming_another_module_or_task_is_refused_before_any_import(tmp_p
     (tmp_path / "weights.pt").unlink()
     with pytest.raises(UnsafeModel, match="holds no weights.pt"):
         load_folder("fracture", tmp_path, "fracture v9")
+
+
+def test_a_tiff_with_more_pages_than_the_limit_is_refused_before_its_pixels_are_read():
+    import numpy as np
+    import tifffile
+
+    from mlops.inference.base import BadInput
+    from mlops.inference.tiff import MAX_TIFF_PAGES, check_tiff
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as tif:  # separate pages (not one contiguous series): each one an IFD
+        for _ in range(MAX_TIFF_PAGES + 1):
+            tif.write(np.zeros((16, 16), np.uint8), photometric="minisblack", contiguous=False)
+    with pytest.raises(BadInput) as refused:
+        check_tiff(buffer.getvalue(), 10**9, "upload")
+    assert refused.value.status == 413 and f"the limit is {MAX_TIFF_PAGES}" in refused.value.message
+
+
+@pytest.mark.parametrize("slices", [3, 4])
+def test_a_three_or_four_slice_stack_written_with_tifffile_defaults_is_read_as_slices(slices):
+    """tifffile writes (3|4, H, W) uint8 as one planar RGB(A) page; it is a stack, not a colour picture."""
+    import numpy as np
+    import tifffile
+
+    from mlops.tasks.ttubule.inference import decode_upload
+
+    stack = np.arange(slices * 32 * 32, dtype=np.uint32).astype(np.uint8).reshape(slices, 32, 32)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack)
+    assert np.array_equal(decode_upload(buffer.getvalue(), "image/tiff", 10**6), stack)
+
+
+def test_jpeg_scans_are_counted_by_segments_not_by_bytes():
+    """Baseline JPEGs have one scan, Pillow's progressive ones ten; a 0xFFDA pair inside scan data is stuffed
+    (0xFF00) so cannot be taken for a marker, and repeated scans are each counted."""
+    from mlops.inference.images import MAX_JPEG_SCANS, jpeg_scan_count
+    from mlops.tasks.upload_cases import many_scan_jpeg
+
+    image = Image.effect_noise((96, 64), 80).convert("L")
+    for progressive, scans in ((False, 1), (True, 6)):  # 6: gray progressive (Pillow's libjpeg script)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", progressive=progressive)
+        assert jpeg_scan_count(buffer.getvalue()) == scans
+    assert jpeg_scan_count(many_scan_jpeg(MAX_JPEG_SCANS + 1)) == MAX_JPEG_SCANS + 1

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from mlops.serving.lanes import LaneFull, Lanes, LaneTimeout
+from mlops.inference.base import BadInput, admit
+from mlops.serving.lanes import CostModel, LaneFull, Lanes, LaneTimeout
 
 
 def _hold(lane, release: threading.Event, started: threading.Event | None = None):
@@ -68,3 +69,42 @@ def test_a_request_waiting_past_its_deadline_times_out():
 def test_lane_settings_are_checked():
     with pytest.raises(ValueError, match="MLOPS_QUEUE_PER_TASK"):
         Lanes(capacity=0, deadline=1)("x")
+
+
+def _costly(units: float, seconds_per_unit: float, fixed: float = 0.02):
+    """Work that declares its input's cost, as a predictor does after decoding, then computes for that long."""
+
+    def work():
+        admit(units, "frames")
+        time.sleep(fixed + units * seconds_per_unit)
+        return units
+
+    return work
+
+
+def test_cost_model_fits_fixed_and_per_unit_cost_and_waits_for_two_sizes():
+    model = CostModel()
+    model.add(100, 1.0 + 100 * 0.01)
+    assert model.predict(10_000) is None  # one size cannot separate the fixed from the per-unit cost
+    model.add(300, 1.0 + 300 * 0.01)
+    assert model.predict(10_000) == pytest.approx(1.0 + 10_000 * 0.01)
+    model.add(0, 99.0)  # nothing declared: not an observation
+    assert model.predict(10_000) == pytest.approx(101.0)
+
+
+def test_an_input_predicted_to_outrun_the_deadline_is_refused_before_computing():
+    lane = Lanes(capacity=2, deadline=1.0)("skeleton")
+    assert lane.run(_costly(1_000, 0.0001)) == 1_000  # 0.12 s
+    assert lane.run(_costly(4_000, 0.0001)) == 4_000  # 0.42 s: two sizes measured, ~0.1 ms a frame
+    computed = []
+    with pytest.raises(BadInput) as refused:
+        lane.run(lambda: (admit(20_000, "frames"), computed.append(1)))  # predicted ~2 s > 1 s
+    assert refused.value.status == 413
+    assert "20000 frames" in refused.value.message and "MLOPS_REQUEST_DEADLINE_SECONDS" in refused.value.message
+    assert not computed  # refused at admit(), before the work went on
+    assert lane.run(_costly(2_000, 0.0001)) == 2_000  # a smaller input is still served
+    assert lane.admitted == 0
+
+
+def test_admit_outside_the_service_checks_nothing():
+    admit(10**12, "voxels")  # evaluation and tests call predictors directly: no lane, no refusal

@@ -3,6 +3,7 @@ authentications limited per address."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -83,3 +84,38 @@ def test_guessing_keys_is_rate_limited_per_address(tmp_path, monkeypatch):
         assert guard.check(_request(key, "10.0.0.9"), "member").name == "acme"
     finally:
         guard.log.close()
+
+
+def test_a_real_server_believes_no_forwarded_for_and_logs_no_query_secret(tmp_path):
+    """A real `mlops serve` (no model needed): a client rotating X-Forwarded-For from 127.0.0.1 still spends one
+    address's failed-authentication bucket (uvicorn would believe the header from 127.0.0.1 by default), and a key
+    put in a query string does not reach the access log."""
+    import httpx
+
+    from tests.conftest import ROOT, env_for, free_port, start_process, stop_process, wait_ready
+
+    env = env_for(tmp_path / "home")
+    env.update(MLOPS_AUTH_FAILURES_PER_MINUTE="1", MLOPS_AUTH_FAILURES_BURST="3")
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start_process(["mlops", "serve", "--port", str(port)], ROOT, env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc, path="/healthz")
+        statuses = [
+            httpx.post(
+                f"{base}/v1/registry/fracture/promote",
+                headers={"X-API-Key": f"wrong-{i}", "X-Forwarded-For": f"203.0.113.{i}"},
+                json={},
+                timeout=30,
+            ).status_code
+            for i in range(5)
+        ]
+        assert statuses == [401, 401, 401, 429, 429], statuses
+        secret = "mk_" + uuid.uuid4().hex
+        httpx.get(f"{base}/healthz?api_key={secret}&task=fracture", timeout=30)
+        time.sleep(0.5)  # the access line is written after the response
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert "api_key=[redacted]&task=fracture" in text
+    assert secret not in text

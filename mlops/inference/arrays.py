@@ -59,6 +59,28 @@ def read_npy(data: bytes, max_values: int, what: str) -> np.ndarray:
         raise BadInput(f"{what}: unreadable .npy ({exc})", status=422) from exc
 
 
+def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, status: int = 422) -> bytes:
+    """One member's bytes, inflated never beyond its declared size; BadInput (``status``) for an encrypted member,
+    a compression method other than stored/deflate, an unreadable stream or a member that inflates to another
+    size than its directory entry declares. Callers bound the declared sizes first."""
+    if info.flag_bits & 0x1:
+        raise BadInput(f"{what}: member {info.filename!r} is encrypted; re-zip it without a password", status)
+    if info.compress_type not in _READABLE_METHODS:
+        raise BadInput(
+            f"{what}: member {info.filename!r} uses compression method {info.compress_type}; re-zip it with the "
+            "default (deflate) method",
+            status,
+        )
+    try:
+        with archive.open(info) as member:
+            raw = member.read(info.file_size + 1)  # never more than declared (+1 to notice a lie)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError, ValueError) as exc:
+        raise BadInput(f"{what}: member {info.filename!r} cannot be read ({exc})", status) from exc
+    if len(raw) != info.file_size:
+        raise BadInput(f"{what}: member {info.filename!r} inflates to another size than declared", status)
+    return raw
+
+
 def read_npz(data: bytes, max_values: int, what: str) -> dict[str, np.ndarray]:
     """Member name (without ``.npy``) -> array of an uploaded .npz, within ``max_values`` values in all."""
     try:
@@ -76,21 +98,7 @@ def read_npz(data: bytes, max_values: int, what: str) -> dict[str, np.ndarray]:
         for info in members:
             if not info.filename.endswith(".npy") or info.is_dir():
                 raise BadInput(f"{what}: .npz member {info.filename!r} is not a .npy array", status=422)
-            if info.flag_bits & 0x1:
-                raise BadInput(f"{what}: .npz member {info.filename!r} is encrypted", status=422)
-            if info.compress_type not in _READABLE_METHODS:
-                raise BadInput(
-                    f"{what}: .npz member {info.filename!r} uses compression method {info.compress_type}; "
-                    "save with numpy.savez or numpy.savez_compressed",
-                    status=422,
-                )
-            try:
-                with archive.open(info) as member:
-                    raw = member.read(info.file_size + 1)  # never more than declared (+1 to notice a lie)
-            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, NotImplementedError) as exc:
-                raise BadInput(f"{what}: .npz member {info.filename!r} cannot be read ({exc})", status=422) from exc
-            if len(raw) != info.file_size:
-                raise BadInput(f"{what}: .npz member {info.filename!r} inflates to another size than declared", 422)
+            raw = read_zip_member(archive, info, f"{what} (.npz)")
             arrays[info.filename.removesuffix(".npy")] = read_npy(raw, max_values, f"{what} ({info.filename})")
             max_values -= arrays[info.filename.removesuffix(".npy")].size
     return arrays

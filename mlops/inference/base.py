@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,30 @@ class BadInput(ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+#: Set by the service's compute lane around one request (mlops/serving/lanes.py): called with the decoded input's
+#: cost before any compute, it may refuse work predicted to outrun the request's deadline.
+_ADMIT: ContextVar[Callable[[float, str], None] | None] = ContextVar("mlops_admit", default=None)
+
+
+def admit(units: float, unit: str) -> None:
+    """Declare the cost of the decoded input (``units`` of ``unit``: voxels, frames) before computing on it; the
+    serving lane refuses it (BadInput 413) when its measured cost per unit predicts more than the deadline. Outside
+    the service (tests, evaluation) nothing is checked."""
+    hook = _ADMIT.get()
+    if hook is not None:
+        hook(float(units), unit)
+
+
+@contextmanager
+def admitting(hook: Callable[[float, str], None]) -> Iterator[None]:
+    """Within the block, ``admit`` calls ``hook`` (the serving lane's cost check; this thread or task only)."""
+    token = _ADMIT.set(hook)
+    try:
+        yield
+    finally:
+        _ADMIT.reset(token)
 
 
 class Predictor(ABC):

@@ -60,6 +60,19 @@ def oversized_png() -> bytes:
     return buffer.getvalue()
 
 
+def many_scan_jpeg(scans: int = 150) -> bytes:
+    """A small progressive JPEG whose last scan is repeated until it holds ``scans`` scans: a valid file that a
+    progressive decoder walks once per scan."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (64, 48), 128).save(buffer, format="JPEG", progressive=True)
+    data = buffer.getvalue()
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    present = data.count(b"\xff\xda")
+    return data[:end] + data[last:end] * (scans - present) + data[end:]
+
+
 def bad_image_uploads(raw_dir: Path) -> list[BadUpload]:
     """What a PNG/JPEG task's service refuses (``mlops.inference.images.decode_image`` and the service's checks)."""
     example = first_image_upload(raw_dir)
@@ -76,4 +89,5 @@ def bad_image_uploads(raw_dir: Path) -> list[BadUpload]:
             ("corrupt", "cannot be decoded"),
         ),
         BadUpload("too-many-pixels", oversized_png(), "image/png", 413, ("pixels", "the limit is")),
+        BadUpload("too-many-scans", many_scan_jpeg(), "image/jpeg", 413, ("scans", "the limit is")),
     ]

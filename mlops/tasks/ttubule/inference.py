@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlops.inference.base import BadInput, Predictor
+from mlops.inference.arrays import NPY_MAGIC, read_npy
+from mlops.inference.base import BadInput, Predictor, admit
 from mlops.inference.model_files import rebuild
+from mlops.inference.tiff import TIFF_MAGIC, check_tiff
 from mlops.tasks.ttubule.instances import InstanceSettings, instance_stats, split_instances
 from mlops.tasks.ttubule.layout import N_CLASSES, TTUBULE
 from mlops.tasks.ttubule.layout import SCORED as CLASS_NAMES
@@ -21,8 +23,6 @@ from mlops.tasks.ttubule.normalize import normalize_stack
 from mlops.tasks.ttubule.preprocess import peak_settings
 
 STACK_TYPES = ("image/tiff", "application/octet-stream", "application/x-npy")
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-NPY_MAGIC = b"\x93NUMPY"
 #: smallest slice side accepted (the normalisation needs a histogram, the U-Net some context)
 MIN_SIDE = 16
 # Overlay colours and opacities per class: myofibrils faint (they are most of the image), T-tubules strong.
@@ -81,19 +81,17 @@ def decode_upload(data: bytes, content_type: str, max_voxels: int) -> np.ndarray
         if kind == "tiff":
             import tifffile
 
+            check_tiff(data, max_voxels, "upload")  # pages, declared sizes and strip inflation, before decoding
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 series = tif.series[0]
-                if "S" in series.axes:
+                # tifffile writes a 3- or 4-slice gray stack as one planar RGB(A) page (axes SYX): its planes are
+                # slices. Interleaved samples (YXS) are a colour picture.
+                if "S" in series.axes and series.axes != "SYX":
                     raise BadInput(f"colour TIFF (axes {series.axes}); expected {EXPECTED}", status=422)
                 _check(series.shape, series.dtype, max_voxels)
                 array = series.asarray()
         else:
-            buf = io.BytesIO(data)
-            version = np.lib.format.read_magic(buf)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = reader(buf)
-            _check(shape, dtype, max_voxels)
-            array = np.load(io.BytesIO(data), allow_pickle=False)
+            array = read_npy(data, max_voxels, "upload")  # header checked against the bytes present first
     except BadInput:
         raise
     except Exception as exc:  # any decoder failure is the client's file, not a server error
@@ -158,6 +156,7 @@ class TTubulePredictor(Predictor):
 
     def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
         stack = decode_upload(data, content_type, self.voxel_limit)
+        admit(stack.size, "voxels")
         normalised, skipped = normalize_stack(stack, self.P1, self.P2, self.peaks)
         probs = predict_probabilities(self.model, normalised, self.tile)
         masks = self.masks(probs)

@@ -37,6 +37,40 @@ def _npy_header_only(shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def _tiff_bomb(compression: str, inflated: int = 64 * 1024 * 1024) -> bytes:
+    """A 64x64 one-page TIFF whose only strip inflates to ``inflated`` bytes (64 times what an upload may hold):
+    the page's declared shape is harmless, the strip is not."""
+    import lzma
+    import struct
+    import zlib
+
+    import tifffile
+
+    page = _tiff(np.zeros((64, 64), np.uint8), compression=compression)
+    zeros = b"\0" * inflated
+    bomb = zlib.compress(zeros, 9) if compression == "zlib" else lzma.compress(zeros)
+    out = bytearray(page) + bomb
+    with tifffile.TiffFile(io.BytesIO(page)) as tif:  # point the strip's offset and byte count at the bomb
+        tags = tif.pages[0].tags
+        for name, value in (("StripOffsets", len(page)), ("StripByteCounts", len(bomb))):
+            tag = tags[name]
+            struct.pack_into({3: "<H", 4: "<I", 16: "<Q"}[int(tag.dtype)], out, tag.valueoffset, value)
+    return bytes(out)
+
+
+def _tiff_marked(array: np.ndarray, compression: int) -> bytes:
+    """An uncompressed TIFF whose Compression tag says ``compression`` (tifffile cannot write LZW here)."""
+    import struct
+
+    import tifffile
+
+    out = bytearray(_tiff(array))
+    with tifffile.TiffFile(io.BytesIO(bytes(out))) as tif:
+        for page in tif.pages:
+            struct.pack_into("<H", out, page.tags["Compression"].valueoffset, compression)
+    return bytes(out)
+
+
 def example_upload(raw_dir: Path) -> Upload:
     return Upload(_tiff(_first_volume(raw_dir)[:2]), "image/tiff", "slices.tif")
 
@@ -58,16 +92,18 @@ def bad_uploads(raw_dir: Path) -> list[BadUpload]:
         BadUpload("too-small", npy_bytes(volume[0, :8, :8]), npy, 422, ("8x8", "too small")),
         BadUpload("colour-tiff", _tiff(np.stack([volume[0]] * 3, axis=-1), "rgb"), tiff, 422, ("colour TIFF",)),
         # The header announces 2**30 voxels; refused from the header, before anything is read or allocated.
-        BadUpload("too-many-voxels", _npy_header_only((64, 4096, 4096)), npy, 413, ("voxels", "the limit is")),
+        BadUpload("too-many-voxels", _npy_header_only((64, 4096, 4096)), npy, 413, ("values", "the limit is")),
+        # Strips that inflate far beyond their page: refused while inflating, capped at the page's size.
+        BadUpload("deflate-bomb-tiff", _tiff_bomb("zlib"), tiff, 413, ("deflate strip", "inflates beyond")),
+        BadUpload("lzma-bomb-tiff", _tiff_bomb("lzma"), tiff, 413, ("LZMA strip", "inflates beyond")),
+        # A compression whose inflated size cannot be bounded while decoding: refused, naming what to use.
+        BadUpload("lzw-tiff", _tiff_marked(volume, compression=5), tiff, 415, ("LZW", "deflate")),
         # A real (compressed, so small) TIFF slice with more pixels than the service's default limit.
         BadUpload(
             "too-many-pixels-tiff",
             _tiff(np.zeros((side, side), np.uint8), compression="zlib"),
             tiff,
             413,
-            (
-                "voxels",
-                "the limit is",
-            ),
+            ("values", "the limit is"),
         ),
     ]
