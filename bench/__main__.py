@@ -12,6 +12,7 @@ from pathlib import Path
 BENCHMARKS = {
     "serving": "1. our service vs `mlflow models serve`: req/s, p50, p99 at 1, 8, 32 clients (fume_hood, fracture)",
     "overhead": "2. batch-1 request latency vs the bare forward pass; what batching would gain",
+    "isolation": "2b. fracture's latency alone vs while maximal ttubule stacks keep ttubule's lane full",
     "tracking": "3. the same sweep with MLflow logging on vs off",
     "pruning": "4. the same sampler and budget with and without the pruner",
     "workers": "5. 1 vs 2 local sweep workers: trials per hour",
@@ -19,7 +20,7 @@ BENCHMARKS = {
     "determinism": "7. generation-synchronous vs free-running sweeps; deterministic vs default final fit",
     "main": "6b. the whole main command (./run.sh) in a fresh clone: 20-30 min, not part of `all`",
 }
-ALL = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "determinism")
+ALL = ("serving", "overhead", "isolation", "tracking", "pruning", "workers", "pipeline", "determinism")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +36,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--home",
         type=Path,
         help="serve the champions of this existing MLflow store (e.g. .mlops/ after ./run.sh) instead of building a "
-        "tiny pipeline store (serving, overhead)",
+        "tiny pipeline store (serving, overhead, isolation)",
     )
     parser.add_argument("--quick", action="store_true", help="shorter measurements and budgets (for trying it out)")
     parser.add_argument(
@@ -85,6 +86,17 @@ def main(argv: list[str] | None = None) -> None:
             from bench import serving
 
             section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
+        elif name == "isolation":
+            from bench.fixture import existing_store, tiny_pipeline
+            from bench.isolation import TASKS as ISOLATION_TASKS
+            from bench.isolation import bench_isolation
+
+            # Its own tiny store (fracture and ttubule): the shared one's tasks are the pipeline benchmark's baseline.
+            if args.home:
+                store = store or existing_store(args.home)
+                section = bench_isolation(store, args.quick)
+            else:
+                section = bench_isolation(tiny_pipeline(tasks=ISOLATION_TASKS), args.quick)
         elif name in ("tracking", "pruning", "workers", "determinism"):
             from bench import sweeps
 

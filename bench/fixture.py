@@ -43,6 +43,14 @@ def tiny_params(tasks: tuple[str, ...] = TASKS) -> dict:
         fr["train"].update(epochs=2, patience=2)
         fr["evaluate"].update(gradcam_samples=2, ood_crops=1)
         fr["gates"] = {"min": {"test_accuracy": 0.0}, "max": {}, "tolerance": {"test_accuracy": 0.05}}
+    if "ttubule" in tasks:  # the served U-Net keeps its real depth, tiles and upload limit (``input``)
+        tt = params["ttubule"]
+        tt["simulate"].update(n_volumes=4, slices=6)
+        tt["validation"].update(min_slices=2, max_ttubule_fraction=0.06)
+        tt["augment"]["tiles_per_slice"] = 2
+        tt["train"].update(epochs=2, patience=2)
+        tt["evaluate"]["overlay_slices"] = 1
+        tt["gates"] = {"min": {"test_ttubule_f": 0.0}, "max": {}, "tolerance": {"test_ttubule_f": 0.05}}
     return {k: params[k] for k in ("base", "tasks", "sweep", *tasks)}
 
 

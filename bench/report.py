@@ -20,7 +20,7 @@ from mlops.runtime import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-ORDER = ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main", "determinism")
+ORDER = ("serving", "overhead", "isolation", "tracking", "pruning", "workers", "pipeline", "main", "determinism")
 
 INTRO = """# Benchmarks
 
@@ -28,9 +28,10 @@ Measured by `make bench` (`python -m bench all`): every figure below is a **rati
 in the same run**, side by side, so that a busy machine shifts both sides rather than deciding the result.
 Absolute numbers are printed too, but only the ratios are meant to be compared across machines.
 Each benchmark runs alone as well (`make bench-serving`, `bench-overhead`, `bench-tracking`, `bench-pruning`,
-`bench-workers`, `bench-pipeline`; `make bench-main` times the whole main command in a fresh clone, about
-20-30 min, so it is not part of `make bench`). Each block below names the machine and date it was measured on,
-and the load average (1 min) before and after it: a load above the core count means other jobs shared the CPU.
+`bench-workers`, `bench-pipeline`, `python -m bench isolation`; `make bench-main` times the whole main command in
+a fresh clone, about 20-30 min, so it is not part of `make bench`). Each block below names the machine and date it
+was measured on, and the load average (1 min) before and after it: a load above the core count means other jobs
+shared the CPU.
 Benchmarks are not tests: no threshold is checked anywhere.
 """
 

@@ -79,8 +79,10 @@ def threads_note() -> str:
     return f"{n} torch/OpenMP thread(s) (`--threads {n}`)" if n else "torch's default threads (`--threads 0`)"
 
 
-def our_service(store: Store, logdir: Path) -> contextlib.AbstractContextManager[str]:
-    env = {**store.env, **threads_env(), "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT}
+def our_service(
+    store: Store, logdir: Path, extra_env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[str]:
+    env = {**store.env, **threads_env(), "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT, **(extra_env or {})}
     cmd = [str(BIN / "mlops"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
     return server("mlops-serve", cmd, env, store.repo, "/readyz", logdir)
 
@@ -349,9 +351,9 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
         "image). Benchmark 2 splits our latency into these steps."
     )
     section.note(
-        f"Both are one uvicorn process with {threads_note()}; our service runs model compute one request at a "
-        "time (a lock), MLflow's runs requests in a thread pool. The load generator (async httpx, one process, one "
-        f"connection per client) shares the same cores. {key_note}."
+        f"Both are one uvicorn process with {threads_note()}; our service runs a task's model compute one request "
+        "at a time (the task's lane), MLflow's runs requests in a thread pool. The load generator (async httpx, one "
+        f"process, one connection per client) shares the same cores. {key_note}."
     )
     return section
 
@@ -448,8 +450,8 @@ def bench_overhead(store: Store, quick: bool = False) -> Section:
     for row in batch_rows:
         batching.add(*row)
     section.note(
-        "The service does not batch requests together: each request is one batch-1 forward (plus Grad-CAM) under a "
-        "compute lock. The batching table shows what dynamic batching would gain on the forward pass alone; the "
+        "The service does not batch requests together: each request is one batch-1 forward (plus Grad-CAM) in its "
+        "task's lane. The batching table shows what dynamic batching would gain on the forward pass alone; the "
         "Grad-CAM backward pass and PNG encoding are per image either way."
     )
     section.note(

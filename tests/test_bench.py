@@ -13,7 +13,7 @@ def test_bench_help_lists_every_benchmark():
         [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    for name in ("serving", "overhead", "tracking", "pruning", "workers", "pipeline", "main"):
+    for name in ("serving", "overhead", "isolation", "tracking", "pruning", "workers", "pipeline", "main"):
         assert name in proc.stdout
 
 
