@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -78,19 +79,48 @@ def data_simulate(
     out: Annotated[Path, PathOpt("--out")] = ...,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write simulated datasets in the real-data layout under OUT/<task>/."""
+    """Write simulated datasets in the real-data layout under OUT/<task>/ (tasks side by side, one per core)."""
+    import os
+    import queue as queues
+    from concurrent.futures import ProcessPoolExecutor, wait
+    from multiprocessing import Manager, get_context
+
     from rich.progress import Progress
 
     from mlops.params import load_params
     from mlops.tasks import get_task
 
     params = load_params(params_path)
-    with Progress(console=console) as progress:
-        for name in tasks or params.tasks:
-            task, tp = get_task(name), params.task(name)
-            bar = progress.add_task(f"simulate {name}", total=task.simulated_samples(tp))
-            n = task.simulate(out / name, tp, params.base.seed, lambda k, bar=bar: progress.advance(bar, k))
-            progress.update(bar, completed=n, total=n)
+    names = list(tasks or params.tasks)
+    # Each task's simulator draws from its own generator seeded by base.seed, so running them in parallel
+    # processes writes the same files as one after the other.
+    with Progress(console=console) as progress, Manager() as manager:
+        ticks = manager.Queue()
+        bars = {
+            n: progress.add_task(f"simulate {n}", total=get_task(n).simulated_samples(params.task(n))) for n in names
+        }
+        workers = max(1, min(len(names), os.cpu_count() or 1))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            jobs = {pool.submit(_simulate_task, n, out, params_path, ticks): n for n in names}
+            pending = set(jobs)
+            while pending:
+                done, pending = wait(pending, timeout=0.2)
+                with contextlib.suppress(queues.Empty):
+                    while True:
+                        name, k = ticks.get_nowait()
+                        progress.advance(bars[name], k)
+                for job in done:
+                    n = job.result()  # a simulator's error surfaces here, naming nothing else
+                    progress.update(bars[jobs[job]], completed=n, total=n)
+
+
+def _simulate_task(name: str, out: Path, params_path: Path, ticks) -> int:
+    """One task's simulation in a worker process; progress ticks go back through ``ticks``."""
+    from mlops.params import load_params
+    from mlops.tasks import get_task
+
+    params = load_params(params_path)
+    return get_task(name).simulate(out / name, params.task(name), params.base.seed, lambda k: ticks.put((name, k)))
 
 
 @data_app.command("ingest")
