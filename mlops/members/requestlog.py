@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlops.members.schema import REQUEST_LOG, engine
+from mlops.members.schema import REQUEST_LOG, engine, storable
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,18 @@ class RequestLog:
 
 def fitted(row: dict[str, Any]) -> dict[str, Any]:
     """The row cut to the table: every column (None where unknown: a batch insert takes its columns from the first
-    row, so rows with other keys would lose fields), strings within their column's length (a caller chooses the
-    task name in the URL: on PostgreSQL an over-long one would fail the insert), integers within 32 bits."""
+    row, so rows with other keys would lose fields), strings storable (``storable``: a NUL in the URL's path or a
+    lone surrogate in a body's version failed the insert, and the call went unlogged) and within their column's
+    length (a caller chooses the task name in the URL: on PostgreSQL an over-long one would fail the insert),
+    integers within 32 bits."""
     out: dict[str, Any] = {}
     for column in REQUEST_LOG.c:
         name, value = column.name, row.get(column.name)
         if name == "id":
             continue
         length = getattr(column.type, "length", None)
-        if isinstance(value, str) and length is not None:
-            value = value[:length]
+        if isinstance(value, str):
+            value = storable(value)[:length] if length is not None else storable(value)
         elif isinstance(column.type, sa.Integer) and isinstance(value, int) and not -(2**31) <= value < 2**31:
             value = None
         out[name] = value

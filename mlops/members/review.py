@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from mlops.inference.images import sniff_image_type
-from mlops.members.schema import CONTRIBUTIONS, engine
+from mlops.members.schema import CONTRIBUTIONS, engine, storable
 from mlops.tasks import get_task
 from mlops.tasks.capabilities import TakesContributions
 
@@ -137,6 +137,8 @@ class ReviewQueue:
         return Contribution.from_row(row)
 
     def list(self, task: str | None = None, status: str | None = "pending") -> list[Contribution]:
+        if "\0" in (task or "") + (status or ""):  # no stored row holds a NUL, and PostgreSQL refuses one in a query
+            return []
         query = sa.select(CONTRIBUTIONS).order_by(CONTRIBUTIONS.c.id)
         if task:
             query = query.where(CONTRIBUTIONS.c.task == task)
@@ -146,6 +148,9 @@ class ReviewQueue:
             return [Contribution.from_row(r) for r in conn.execute(query).mappings()]
 
     def _decide(self, contribution_id: int, reviewer: str, status: str, note: str, sample_id: str | None) -> None:
+        # The note is free text from the steward's request; one the database cannot store failed here, after accept
+        # had written the sample into the raw data: a 500, the contribution left pending and every retry refused.
+        note, reviewer = storable(note), storable(reviewer)
         with self.engine.begin() as conn:
             done = conn.execute(
                 CONTRIBUTIONS.update()

@@ -61,6 +61,14 @@ CONTRIBUTIONS = sa.Table(
 )
 
 
+def storable(text: str) -> str:
+    """``text`` as every supported database can store it. A caller chooses much of what is stored (the path of a
+    request, a version or a review note in a JSON body): a lone surrogate (a JSON ``"\\ud800"``, or a non-UTF-8
+    command-line argument) cannot be encoded, and PostgreSQL refuses NUL characters; either failed the whole
+    statement. Both are kept as their backslash escapes instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
+
+
 @cache
 def engine(url: str) -> sa.Engine:
     """One engine per database URL per process, with the member tables present."""

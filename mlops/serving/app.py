@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from mlops.inference import BadInput
@@ -18,6 +21,21 @@ from mlops.serving.lanes import LaneFull, LaneTimeout
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
 from mlops.settings import Settings
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON in UTF-8 can carry it: NaN and infinities as strings, lone surrogates and undecodable
+    bytes escaped, other objects as their ``str``."""
+    if isinstance(value, dict):
+        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def create_app(settings: Settings | None = None, tasks: list[str] | None = None) -> FastAPI:
@@ -47,6 +65,13 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
     app.add_middleware(Admission, routes=[route for r in routers for route in r.routes])
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each offending input back as JSON; a NaN or Infinity (which the JSON parser
+        # accepts) or a lone surrogate (an escaped "\ud800") cannot be written as strict JSON in UTF-8, so such a
+        # refusal became a 500 (and a dropped connection). The same 422 and shape, with the inputs made writable.
+        return JSONResponse(status_code=422, content={"detail": json_safe(exc.errors())})
 
     @app.exception_handler(BadInput)
     async def bad_input(_request: Request, exc: BadInput) -> JSONResponse:
