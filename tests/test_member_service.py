@@ -460,6 +460,12 @@ def test_release_through_the_service_needs_the_admin_role(service):
         timeout=60,
     )
     assert r.status_code == 409 and "no previous champion" in r.json()["detail"]
+    admin = {"X-API-Key": keys["ada"]}
+    for task, version, status in (("nope", "1", 404), ("fr%00acture", "1", 404), ("fracture", "1\u0000", 422)):
+        r = httpx.post(f"{base}/v1/registry/{task}/promote", json={"version": version, "reason": "x"}, headers=admin)
+        assert r.status_code == status, (task, version, r.text)  # refused before the registry is queried
+    r = httpx.post(f"{base}/v1/registry/nope/rollback", json={"reason": "x"}, headers=admin)
+    assert r.status_code == 404 and "known tasks" in r.json()["detail"]
 
 
 def signed_event(service) -> httpx.Response:

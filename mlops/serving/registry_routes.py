@@ -11,11 +11,11 @@ import hashlib
 import hmac
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mlops.members.keys import AuthError
 from mlops.serving.guard import AdminCaller, note_call
@@ -26,9 +26,19 @@ WEBHOOK_MAX_AGE_SECONDS = 300
 
 
 class PromoteRequest(BaseModel):
-    version: str
+    #: a registry version number (digits only): anything else never reaches the registry's queries
+    version: Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
     reason: str
     force: bool = False
+
+
+def _known_task(task: str) -> None:
+    """404 for a task no installed plugin provides: the registry is never queried with a caller's odd name (on a
+    PostgreSQL tracking store a NUL in it would fail the query, a 500)."""
+    from mlops.tasks import task_names
+
+    if task not in task_names():
+        raise HTTPException(404, detail=f"unknown task {task[:100]!r}; known tasks: {', '.join(task_names())}")
 
 
 class RollbackRequest(BaseModel):
@@ -46,6 +56,7 @@ async def promote_route(task: str, body: PromoteRequest, request: Request, admin
     from mlops.registry.release import event_json, promote
     from mlops.registry.versions import PromotionError
 
+    _known_task(task)
     settings = request.app.state.settings
     params = load_params(settings.params_file)
     note_call(request, task=task, version=body.version)
@@ -65,6 +76,7 @@ async def rollback_route(task: str, body: RollbackRequest, request: Request, adm
     from mlops.registry.release import event_json, rollback
     from mlops.registry.versions import PromotionError
 
+    _known_task(task)
     note_call(request, task=task)
     try:
         event = await run_in_threadpool(rollback, task, request.app.state.settings, admin.name, body.reason)
