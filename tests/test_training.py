@@ -139,3 +139,54 @@ def test_importing_mlops_pins_the_cpu_dispatch_and_a_bad_setting_warns(setting, 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == expected
     assert ("is not one of" in done.stderr) == warned
+
+
+@pytest.mark.timeout(300)
+def test_arms_trained_side_by_side_get_the_weights_they_get_one_after_another(tmp_path):
+    """The train stage fits a task's arms in parallel processes (``sweep.workers``); each arm's fit is its own
+    seeded, single-threaded computation, so the weights must equal a sequential run's, bit for bit."""
+    import json
+
+    import mlflow
+
+    from mlops.inference.model_files import weights_digest
+    from mlops.params import load_experiment, load_params
+    from mlops.settings import Settings
+    from mlops.tasks import get_task
+    from mlops.training.final import train_best
+    from mlops.validation import validate_dataset
+    from tests.conftest import ROOT, write_params
+    from tests.test_contract import cheapest_config, contract_params
+
+    name = "fume_hood"  # two arms, the cheapest to fit
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    digests = {}
+    try:
+        for workers in (1, 2):
+            root = tmp_path / f"workers{workers}"
+            root.mkdir()
+            params_doc = contract_params()
+            params_doc["sweep"]["workers"] = workers
+            write_params(root, params_doc)
+            params = load_params(root / "params.yaml")
+            settings = Settings(home=root / ".mlops", tracking_uri=None, artifact_root=None, history_uri=None,
+                                _env_file=None)  # fmt: skip
+            task, tp = get_task(name), params.task(name)
+            raw, prepared, reports = root / "raw", root / "prepared", root / "reports"
+            task.simulate(raw, tp, seed=params.base.seed, progress=lambda _: None)
+            validate_dataset(task, raw, tp).write(reports / "validation.json")
+            task.prepare(raw, prepared, tp, seed=params.base.seed)
+            exp = load_experiment(name, ROOT / "experiments")
+            arms = {arm: {"best_params": {**cheapest_config(exp)[1], **exp.arms[arm]}, "study_name": "t"}
+                    for arm in exp.arms}  # fmt: skip
+            best = reports / "best_params.json"
+            best.write_text(json.dumps({"selected": next(iter(arms)), "arms": arms}))
+            models = root / "models"
+            records = train_best(name, params, exp, settings, best, prepared, raw, reports / "validation.json",
+                                 models, reports / "history")  # fmt: skip
+            assert set(records) == set(exp.arms) and len(exp.arms) == 2
+            digests[workers] = {arm: weights_digest(models / arm) for arm in exp.arms}
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert digests[1] == digests[2]

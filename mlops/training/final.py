@@ -107,21 +107,27 @@ def train_best(
         shutil.rmtree(out_dir)
     if history_dir.exists():
         shutil.rmtree(history_dir)
-    records = {}
-    for arm, result in sweeps["arms"].items():
-        records[arm] = _train_arm(
-            task_name,
-            arm,
-            result,
-            params,
-            exp,
-            settings,
-            prepared_dir,
-            raw_dir,
-            validation_report,
-            out_dir,
-            history_dir,
-        )
+    arms = sweeps["arms"]
+    common = (params, exp, settings, prepared_dir, raw_dir, validation_report, out_dir, history_dir)
+    workers = min(params.sweep.workers, len(arms))
+    if workers <= 1:
+        records = {arm: _train_arm(task_name, arm, result, *common) for arm, result in arms.items()}
+    else:
+        # Arms side by side, one process each (base.threads torch threads per fit, as in a sequential run: each
+        # arm's weights are the same either way). Fresh interpreters: no forked torch/MLflow state.
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        # The store and the experiment made here first: two processes creating a new SQLite store at once race
+        # on its migrations ("duplicate column").
+        connect(settings)
+        experiment_id(settings, task_name)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            jobs = {
+                arm: pool.submit(_train_arm, task_name, arm, result, *common, show_progress=False)
+                for arm, result in arms.items()
+            }
+            records = {arm: job.result() for arm, job in jobs.items()}
     (out_dir / SELECTED_FILE).write_text(json.dumps({"arm": sweeps["selected"]}))
     return records
 
@@ -138,6 +144,7 @@ def _train_arm(
     validation_report: Path,
     out_dir: Path,
     history_dir: Path,
+    show_progress: bool = True,
 ) -> dict:
     import mlflow
 
@@ -167,13 +174,17 @@ def _train_arm(
             threads=params.base.threads,
         )
         checkpoint = settings.checkpoint_dir / f"{task_name}-train-{run.info.run_id}.pt"
-        with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[metric]}")) as progress:
+        # Arms trained side by side print one line per epoch (two live bars in one terminal would garble it).
+        columns = (*Progress.get_default_columns(), TextColumn("{task.fields[metric]}"))
+        with Progress(*columns, disable=not show_progress) as progress:
             bar = progress.add_task(f"train {task_name}/{arm}", total=cfg.epochs, metric="")
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
                 mlflow.log_metrics(metrics, step=epoch)
-                value = metrics[exp.objective.metric]
-                progress.update(bar, advance=1, metric=f"{exp.objective.metric}={value:.4f}")
+                value = f"{exp.objective.metric}={metrics[exp.objective.metric]:.4f}"
+                progress.update(bar, advance=1, metric=value)
+                if not show_progress:
+                    print(f"train {task_name}/{arm}: epoch {epoch + 1}/{cfg.epochs} {value}", flush=True)
 
             result = fit(
                 task,
