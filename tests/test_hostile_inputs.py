@@ -304,3 +304,25 @@ def test_jpeg_scans_are_counted_by_segments_not_by_bytes():
         image.save(buffer, format="JPEG", progressive=progressive)
         assert jpeg_scan_count(buffer.getvalue()) == scans
     assert jpeg_scan_count(many_scan_jpeg(MAX_JPEG_SCANS + 1)) == MAX_JPEG_SCANS + 1
+
+
+def test_a_member_may_keep_only_so_many_contributions_waiting_for_review(tmp_path):
+    """The per-member storage quota: one more pending contribution than allowed is refused (429 in the service)
+    without storing anything; another member is not affected, and a steward's review frees a place."""
+    from mlops.members.review import QuotaExceeded
+
+    queue = ReviewQueue(f"sqlite:///{tmp_path / 'service.db'}", tmp_path / "blobs", pending_per_member=2)
+
+    def image(shade: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("L", (32, 32), shade).save(buf, format="PNG")
+        return buf.getvalue()
+
+    first = queue.submit("fracture", "acme", None, image(1), "fatigue", {"magnification": "5"})
+    queue.submit("fracture", "acme", None, image(2), "fatigue", {"magnification": "5"})
+    with pytest.raises(QuotaExceeded, match="2 contributions waiting"):
+        queue.submit("fracture", "acme", None, image(3), "fatigue", {"magnification": "5"})
+    assert not list((tmp_path / "blobs").rglob(f"{hashlib.sha256(image(3)).hexdigest()}*"))  # nothing kept
+    assert queue.submit("fracture", "bob", None, image(3), "fatigue", {"magnification": "5"}).id
+    queue.reject(first.id, "steward", "not an SEM image")
+    assert queue.submit("fracture", "acme", None, image(4), "fatigue", {"magnification": "5"}).id

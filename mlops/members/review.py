@@ -30,6 +30,9 @@ _SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
 
 #: Longest free-text form field kept with a contribution.
 MAX_FIELD_CHARS = 200
+#: Contributions one member may have waiting for review through the service (each at most the upload limit, so at
+#: most 50 x 8 MiB stored per member before a steward has looked); one more is refused with 429.
+PENDING_PER_MEMBER = 50
 
 
 def _spreadsheet_formula(value: str) -> bool:
@@ -44,6 +47,10 @@ def _spreadsheet_formula(value: str) -> bool:
 
 class ReviewError(ValueError):
     """A contribution or review that cannot be done; the message says why and what to do."""
+
+
+class QuotaExceeded(ReviewError):
+    """The member already has as many contributions waiting for review as one member may (a storage quota)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +81,12 @@ def _now() -> str:
 
 
 class ReviewQueue:
-    def __init__(self, url: str, blob_dir: Path):
+    def __init__(self, url: str, blob_dir: Path, pending_per_member: int | None = None):
         self.engine = engine(url)
         self.blob_dir = Path(blob_dir)
+        #: a member's contributions waiting for review, at most (each at most the upload limit): what one member can
+        #: make the service store before a steward has looked. None: no quota (the steward's CLI).
+        self.pending_per_member = pending_per_member
 
     def blob(self, c: Contribution) -> Path:
         return self.blob_dir / c.task / f"{c.content_sha256}{c.suffix}"
@@ -102,6 +112,13 @@ class ReviewQueue:
         kind = sniff_image_type(data)
         if kind is None:
             raise ReviewError("not a PNG or JPEG image (checked by its first bytes)")
+        if self.pending_per_member is not None:
+            waiting = self._pending_of(member)
+            if waiting >= self.pending_per_member:
+                raise QuotaExceeded(
+                    f"{member} already has {waiting} contributions waiting for review, the most one member may "
+                    f"(a storage quota): send more once a steward has reviewed some"
+                )
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_dir / task / f"{digest}{_SUFFIX[kind]}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +145,11 @@ class ReviewQueue:
         except IntegrityError as exc:
             raise ReviewError(f"this image (sha256 {digest[:12]}…) was already contributed to {task}") from exc
         return self.get(int(new_id))
+
+    def _pending_of(self, member: str) -> int:
+        query = sa.select(sa.func.count()).where(CONTRIBUTIONS.c.member == member, CONTRIBUTIONS.c.status == "pending")
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def get(self, contribution_id: int) -> Contribution:
         with self.engine.connect() as conn:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from mlops.inference import BadInput
 from mlops.inference.images import decode_image
-from mlops.members.review import ReviewError, ReviewQueue, raw_root
+from mlops.members.review import PENDING_PER_MEMBER, QuotaExceeded, ReviewError, ReviewQueue, raw_root
 from mlops.serving.guard import MemberCaller, StewardCaller, note_call
 from mlops.serving.uploads import read_upload
 
@@ -31,7 +31,7 @@ ContributionId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 def queue(request: Request) -> ReviewQueue:
     s = request.app.state.settings
-    return ReviewQueue(s.resolved_service_db_uri, s.contributions_dir)
+    return ReviewQueue(s.resolved_service_db_uri, s.contributions_dir, PENDING_PER_MEMBER)
 
 
 def _public(c) -> dict[str, Any]:
@@ -60,6 +60,8 @@ async def contribute(
     meta = {k: str(v) for k, v in form.items() if k not in ("file", "label") and isinstance(v, str)}
     try:
         c = await run_in_threadpool(queue(request).submit, task, member.name, member.key_id, data, label, meta)
+    except QuotaExceeded as exc:
+        raise HTTPException(429, detail=str(exc)) from exc
     except ReviewError as exc:
         raise BadInput(str(exc), status=422) from exc
     return {"id": c.id, "status": c.status, "content_sha256": c.content_sha256, "message": "queued for review"}
