@@ -193,6 +193,9 @@ def test_kustomize_builds_are_valid_and_consistent(target):
     omp = env_of(serving)["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
     assert omp["resource"] == "limits.cpu" and omp["containerName"] == serving["name"]
     assert "--host" in serving["command"] and "0.0.0.0" in serving["command"]
+    scrape = by_kind["Deployment"]["serving"]["spec"]["template"]["metadata"]["annotations"]
+    assert scrape["prometheus.io/path"] == "/metrics" and scrape["prometheus.io/scrape"] == "true"
+    assert int(scrape["prometheus.io/port"]) == serving["ports"][0]["containerPort"]
 
     # Credentials come from the Secret; only the dev overlay brings one (a dev-only password).
     mlflow = by_kind["Deployment"]["mlflow"]["spec"]["template"]["spec"]["containers"][0]

@@ -18,9 +18,11 @@ from mlops.serving import contributions, registry_routes, web
 from mlops.serving.admission import Admission, SecurityHeaders, auth_response, rate_limited_response
 from mlops.serving.guard import Guard, RequestLogMiddleware
 from mlops.serving.lanes import LaneFull, LaneTimeout
+from mlops.serving.metrics import MetricsMiddleware, ServiceMetrics
 from mlops.serving.model_store import ModelStore
 from mlops.serving.routes import router
 from mlops.settings import Settings
+from mlops.tasks import task_names
 
 
 def json_safe(value: Any) -> Any:
@@ -43,7 +45,6 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from mlops.tasks import task_names
         from mlops.tracking.runs import connect
 
         connect(settings)
@@ -64,7 +65,12 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
     # The last added runs first: the request log sees every call, the refusals of admission included.
     app.add_middleware(Admission, routes=[route for r in routers for route in r.routes])
     app.add_middleware(RequestLogMiddleware)
-    app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
+    app.add_middleware(SecurityHeaders)  # refusals get the headers too
+    # outermost: every answer is counted, the refusals of admission, guard and lanes included
+    app.state.metrics = ServiceMetrics(app, tasks or task_names())
+    app.add_middleware(
+        MetricsMiddleware, metrics=app.state.metrics, routes=[route for r in routers for route in r.routes]
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
