@@ -662,8 +662,9 @@ def base64_png(text: str):
         (b"GIF89a....", "application/octet-stream", 415, "TIFF"),
         (_npy(np.zeros((2, 64, 64), np.float32)), "application/x-npy", 422, "dtype"),
         (_npy(np.zeros((1, 2, 64, 64), np.uint8)), "application/x-npy", 422, "rank"),
-        (_npy(np.zeros((5, 64, 64), np.uint8)), "application/x-npy", 413, "limit is 16384 voxels"),
-        (_tiff(np.zeros((5, 64, 64), np.uint8)), "image/tiff", 413, "limit is 16384 voxels"),
+        # refused from the .npy header / the TIFF's page headers, before any pixel is read (a voxel is one value)
+        (_npy(np.zeros((5, 64, 64), np.uint8)), "application/x-npy", 413, "(20480 values); the limit is 16384"),
+        (_tiff(np.zeros((5, 64, 64), np.uint8)), "image/tiff", 413, "declare 20480 values; the limit is 16384"),
         (_npy(np.zeros((64, 64), np.uint8)), "image/tiff", 415, "declared"),
         (b"II*\x00" + b"\x00" * 40, "image/tiff", 422, "unreadable"),
         (_npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 422, "too small"),
@@ -678,7 +679,7 @@ def test_predictor_rejects_bad_uploads(predictor, payload, content_type, status,
 
 def test_predictor_limit_follows_the_service_setting(predictor):
     predictor.max_pixels = 2 * 64 * 64
-    with pytest.raises(BadInput, match="limit is 8192 voxels") as err:
+    with pytest.raises(BadInput, match=r"\(12288 values\); the limit is 8192$") as err:
         predictor.predict_upload(_npy(np.zeros((3, 64, 64), np.uint8)), "application/x-npy")
     assert err.value.status == 413
 
