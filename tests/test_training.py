@@ -186,6 +186,9 @@ def test_arms_trained_side_by_side_get_the_weights_they_get_one_after_another(tm
                                  models, reports / "history")  # fmt: skip
             assert set(records) == set(exp.arms) and len(exp.arms) == 2
             digests[workers] = {arm: weights_digest(models / arm) for arm in exp.arms}
+            if workers == 2:  # the arms really were fitted side by side: their train runs overlap in time
+                runs = mlflow.search_runs(experiment_names=[name], filter_string="tags.`mlops.run_kind` = 'train'")
+                assert len(runs) == 2 and runs["start_time"].max() < runs["end_time"].min()
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])

@@ -8,7 +8,6 @@ ones refused before they reached the route.
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -18,6 +17,7 @@ from mlops.members.keys import AuthError, KeyStore, Member
 from mlops.members.ratelimit import make_limiter
 from mlops.members.requestlog import RequestLog
 from mlops.serving.admission import ADMITTED
+from mlops.serving.asgi import call_and_measure
 from mlops.settings import Settings
 
 #: Calls that are attributed to a member in the request log.
@@ -92,26 +92,19 @@ class RequestLogMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(LOGGED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), {"code": 500}
 
-        async def capture(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
+        def done(status: int, seconds: float) -> None:
             state = scope.get("state", {})
             member: Member | None = state.get("member")
-            call = state.get("call", {})
             guard: Guard | None = getattr(scope["app"].state, "guard", None)
             if guard is not None:
                 guard.log.record(
                     key_id=member.key_id if member else None,
                     member=member.name if member else None,
                     route=scope["path"][:100],
-                    status=status["code"],
-                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
-                    **call,
+                    status=status,
+                    latency_ms=round(seconds * 1000, 2),
+                    **state.get("call", {}),
                 )
+
+        await call_and_measure(self.app, scope, receive, send, done)

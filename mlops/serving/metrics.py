@@ -14,13 +14,14 @@ task outside the installed plugins is ``other``; a version is the registry's num
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mlops.serving.asgi import call_and_measure
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -82,19 +83,13 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), {"code": 500}
 
-        async def capture(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
+        def done(status: int, seconds: float) -> None:
             call = scope.get("state", {}).get("call", {})
             route, path_params = route_template(self.routes, scope["path"])
             task = self.metrics.task_label(call.get("task") or path_params.get("task"))
             version = str(call.get("version") or "")[:16]
-            self.metrics.requests.labels(route, task, version, str(status["code"])).inc()
-            self.metrics.latency.labels(route, task).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(route, task, version, str(status)).inc()
+            self.metrics.latency.labels(route, task).observe(seconds)
+
+        await call_and_measure(self.app, scope, receive, send, done)
