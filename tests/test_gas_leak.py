@@ -490,3 +490,26 @@ def test_spec_is_plain_json(prepared, task, tmp_path):
     spec_json = json.loads((tmp_path / "spec.json").read_text())
     assert spec_json["model"] == "heatmap" and spec_json["extra"]["frames"] == FRAMES
     assert MODELS.names() == ["heatmap", "numeric"]
+
+
+def test_channels_last_fit_is_repeatable_and_hands_back_the_default_layout(task, prepared):
+    """The opt-in channels-last fit (mlops/fit/loop.py): two fits give bit-identical weights, the model comes back
+    in the default layout (what save, export and serving expect), and the layout changes only the rounding:
+    the same fit in the default layout ends at the same validation error to float tolerance."""
+    from mlops.fit.loop import FitConfig, fit
+
+    cfg = FitConfig(epochs=2, lr=3e-3, batch_size=8, weight_decay=0.0, seed=3, monitor="xy_error", mode="min")
+    train, val = task.dataset(prepared, "train"), task.dataset(prepared, "val")
+
+    def fitted(channels_last: bool):
+        model, _ = _build(task, prepared, "heatmap")
+        assert model.channels_last  # the class opts in
+        model.channels_last = channels_last
+        return model, fit(task, model, train, val, cfg)
+
+    (first, result), (second, _), (default, reference) = fitted(True), fitted(True), fitted(False)
+    for name, weight in first.state_dict().items():
+        assert torch.equal(weight, second.state_dict()[name]), name
+        assert weight.is_contiguous(), f"{name} came back in channels-last layout"
+    assert result.best_value == pytest.approx(reference.best_value, rel=1e-3)
+    assert any(not torch.equal(w, default.state_dict()[k]) for k, w in first.state_dict().items())
