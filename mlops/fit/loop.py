@@ -73,7 +73,14 @@ def deterministic_torch(threads: int) -> None:
     without a deterministic implementation fail loudly instead of varying (on GPUs mostly).
     """
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    # torch's own switch, without its public wrapper: ``use_deterministic_algorithms`` also imports torch._inductor
+    # to set the compiler's flag (1.3-2.3 s per process, and every sweep worker, train arm and evaluation is a
+    # process); nothing here compiles. The public call is the fallback should the private one go away.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is not None:
+        setter(True)
+    else:  # pragma: no cover - a torch without the private switch
+        torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
 
 
