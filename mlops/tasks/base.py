@@ -36,6 +36,7 @@ __all__ = [
     "STRATUM",
     "BadUpload",
     "Claim",
+    "Display",
     "Evaluation",
     "ModelRegistry",
     "ModelSpec",
@@ -102,6 +103,36 @@ class BadUpload:
     filename: str = "upload"
 
 
+#: How the members' web page can show an answer; each kind reads these fields of the predict route's JSON:
+#: ``rating`` rating, probabilities, heatmap_png; ``class`` class, confidence, probabilities, heatmap_png;
+#: ``position`` x, y, z, units, heatmap_png (the position drawn on the frame); ``timeline`` timeline_png, scores,
+#: threshold, n_flagged, flagged_spans; ``masks`` overlay_png, classes (masks_png per slice), instances.
+DISPLAY_KINDS = ("rating", "class", "position", "timeline", "masks")
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the members' web page (mlops/serving/static/index.html) shows this task's answer, and what it uploads.
+
+    ``files``: the file suffixes the page's picker offers and the content type it sends each as (a browser knows
+    no type for ``.npy``); ``labels``: words or colours for the answer's keys (a rating's levels, a mask's class).
+    """
+
+    kind: str
+    #: what the page calls the answer ("Rating", "Failure type")
+    title: str
+    #: what to upload, in words
+    upload: str
+    files: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISPLAY_KINDS:
+            raise ValueError(f"display kind {self.kind!r} is none of {DISPLAY_KINDS}")
+        if not all(suffix.startswith(".") for suffix in self.files):
+            raise ValueError(f"file suffixes start with a dot: {sorted(self.files)}")
+
+
 class Task(ABC):
     """One study's domain: data schema, simulator, ingest, models, loss, metrics, explanation.
 
@@ -117,6 +148,8 @@ class Task(ABC):
     models: ClassVar[ModelRegistry]
     #: the study's finding (`mlops findings` retrains the arms over seeds and judges it); None: no claim
     claim: ClassVar[Claim | None] = None
+    #: how the members' web page shows the answer; None: it lists the answer's fields
+    display: ClassVar[Display | None] = None
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod

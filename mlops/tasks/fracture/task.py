@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from mlops.tasks import upload_cases
-from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Display, Evaluation, ModelSpec, Task
 from mlops.tasks.fracture import evaluate, expectations, layout, metrics, prepare, simulate
 from mlops.tasks.fracture.model import MODELS, build
 from mlops.tasks.fracture.params import FractureParams
@@ -115,3 +115,5 @@ class FractureTask(Task):
     # PNG/JPEG uploads: the shared example and bad cases of image tasks (mlops/tasks/upload_cases.py)
     example_upload = staticmethod(upload_cases.first_image_upload)
     bad_uploads = staticmethod(upload_cases.bad_image_uploads)
+    # How the members' web page shows the answer (mlops/serving/static/index.html)
+    display = Display("class", "Failure type", "an SEM fractograph (PNG or JPEG)", upload_cases.IMAGE_SUFFIX_TYPES)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from mlops.tasks import upload_cases
-from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Display, Evaluation, ModelSpec, Task
 from mlops.tasks.fume_hood import evaluate, expectations, layout, metrics, prepare, simulate
 from mlops.tasks.fume_hood.model import MODELS, build
 from mlops.tasks.fume_hood.params import FumeHoodParams
@@ -99,3 +99,11 @@ class FumeHoodTask(Task):
     # PNG/JPEG uploads: the shared example and bad cases of image tasks (mlops/tasks/upload_cases.py)
     example_upload = staticmethod(upload_cases.first_image_upload)
     bad_uploads = staticmethod(upload_cases.bad_image_uploads)
+    # How the members' web page shows the answer (mlops/serving/static/index.html)
+    display = Display(
+        "rating",
+        "Rating",
+        "a photo of the fume hood (PNG or JPEG)",
+        upload_cases.IMAGE_SUFFIX_TYPES,
+        labels={"1": "bad", "5": "good"},
+    )

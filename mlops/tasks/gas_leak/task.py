@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Display, Evaluation, ModelSpec, Task
 from mlops.tasks.gas_leak import evaluate, expectations, layout, metrics, model, prepare, simulate, uploads
 from mlops.tasks.gas_leak.params import GasLeakParams
 
@@ -94,3 +94,10 @@ class GasLeakTask(Task):
     # What its service answers and refuses (mlops/tasks/gas_leak/uploads.py)
     example_upload = staticmethod(uploads.example_upload)
     bad_uploads = staticmethod(uploads.bad_uploads)
+    # How the members' web page shows the answer (mlops/serving/static/index.html)
+    display = Display(
+        "position",
+        "Leak source",
+        "an infrared frame stack (frames, height, width) of floats as .npy or .npz",
+        {".npy": "application/x-npy", ".npz": "application/zip"},
+    )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mlops.data.arrays import read_meta
-from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Display, Evaluation, ModelSpec, Task
 from mlops.tasks.skeleton import evaluate, expectations, layout, metrics, prepare, uploads
 from mlops.tasks.skeleton import model as networks
 from mlops.tasks.skeleton.params import SkeletonParams
@@ -96,6 +96,13 @@ class SkeletonTask(Task):
     # What its service answers and refuses (mlops/tasks/skeleton/uploads.py)
     example_upload = staticmethod(uploads.example_upload)
     bad_uploads = staticmethod(uploads.bad_uploads)
+    # How the members' web page shows the answer (mlops/serving/static/index.html)
+    display = Display(
+        "timeline",
+        "Unsafe behaviour",
+        "a video's OpenPose *_keypoints.json files as a zip (or one JSON list)",
+        {".zip": "application/zip", ".json": "application/json", ".npy": "application/x-npy"},
+    )
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, prepared_dir: Path, params: SkeletonParams, out_dir: Path) -> Evaluation:

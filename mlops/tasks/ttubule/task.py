@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlops.tasks.base import Claim, Evaluation, ModelSpec, Task
+from mlops.tasks.base import Claim, Display, Evaluation, ModelSpec, Task
 from mlops.tasks.ttubule import evaluate, expectations, layout, metrics, model, plots, prepare, simulate, uploads
+from mlops.tasks.ttubule.inference import COLOURS as OVERLAY_COLOURS
 from mlops.tasks.ttubule.params import TTubuleParams
 from mlops.tasks.ttubule.preprocess import peak_settings
 
@@ -108,3 +109,11 @@ class TTubuleTask(Task):
     # What its service answers and refuses (mlops/tasks/ttubule/uploads.py)
     example_upload = staticmethod(uploads.example_upload)
     bad_uploads = staticmethod(uploads.bad_uploads)
+    # How the members' web page shows the answer (mlops/serving/static/index.html); labels: each class's overlay colour
+    display = Display(
+        "masks",
+        "Segmentation",
+        "an 8-bit EM slice or small stack as (multi-page) TIFF or .npy",
+        {".tif": "image/tiff", ".tiff": "image/tiff", ".npy": "application/x-npy"},
+        labels={layout.SCORED[c]: "#{:02x}{:02x}{:02x}".format(*rgb) for c, (rgb, _) in OVERLAY_COLOURS.items()},
+    )
