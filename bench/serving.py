@@ -273,6 +273,12 @@ def _specs(ours: str, theirs: str, sample: Sample, folder: Path, headers: dict[s
     }
 
 
+def _with_plain(specs: dict[str, dict]) -> dict[str, dict]:
+    """``specs`` plus our service asked for the answer alone (``?explain=false``: no Grad-CAM, no heat map)."""
+    ours = specs["ours"]
+    return {**specs, "ours_plain": {**ours, "url": ours["url"] + "?explain=false"}}
+
+
 def _check_and_warm(ours: str, theirs: str, sample: Sample, headers: dict[str, str], n: int = 20) -> float:
     """Both servers answer the sample (``n`` times, as warm-up); the max difference of MLflow's output
     from the in-process model."""
@@ -314,6 +320,8 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
             "MLflow p99",
             "p99 ours/MLflow",
             "failed (ours/MLflow)",
+            "ours explain=false req/s",
+            "explain=false req/s / MLflow",
         ],
     )
     by_task = samples(store, tasks, work)
@@ -326,10 +334,10 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
                     f"{sample.content_type}, model input {tuple(sample.tensor.shape)}; MLflow's answer differs from "
                     f"the in-process model by at most {diff:.1e}"
                 )
-                specs = _specs(ours, theirs, sample, work, headers)
+                specs = _with_plain(_specs(ours, theirs, sample, work, headers))
                 for clients in CONCURRENCY:
                     got = compare(specs, clients, duration, warmup, rounds)
-                    a, b = got["ours"], got["mlflow"]
+                    a, b, plain = got["ours"], got["mlflow"], got["ours_plain"]
                     table.add(
                         task,
                         clients,
@@ -343,17 +351,21 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
                         b.p99,
                         ratio(a.p99, b.p99),
                         f"{a.errors}/{b.errors}",
+                        plain.rps,
+                        ratio(plain.rps, b.rps),
                     )
     section.note(
-        "Not the same work per request: our route takes the image file and decodes, preprocesses, runs the forward "
-        "pass, a Grad-CAM backward pass and encodes a heat-map PNG; MLflow's pyfunc server takes the preprocessed "
-        "tensor as JSON and runs the forward pass only (the pyfunc's input is the model tensor, so it cannot take the "
-        "image). Benchmark 2 splits our latency into these steps."
+        "Not the same work per request: our route takes the image file and decodes, preprocesses, runs one forward "
+        "pass with the Grad-CAM backward through the head and encodes a heat-map PNG at the model's resolution; "
+        "with `?explain=false` it decodes, preprocesses and runs one forward pass without gradients. MLflow's pyfunc "
+        "server takes the preprocessed tensor as JSON and runs the forward pass only (the pyfunc's input is the model "
+        "tensor, so it cannot take the image). Benchmark 2 splits our latency into these steps."
     )
     section.note(
-        f"Both are one uvicorn process with {threads_note()}; our service runs a task's model compute one request "
-        "at a time (the task's lane), MLflow's runs requests in a thread pool. The load generator (async httpx, one "
-        f"process, one connection per client) shares the same cores. {key_note}."
+        f"Both are one uvicorn process with {threads_note()}; our service computes a task's requests in the task's "
+        "lane (fume_hood's and fracture's side by side, one per core, since their Grad-CAM needs no hooks on the "
+        "shared model), MLflow's runs requests in a thread pool. The load generator (async httpx, one process, one "
+        f"connection per client) shares the same cores. {key_note}."
     )
     return section
 
@@ -403,14 +415,19 @@ def bench_overhead(store: Store, quick: bool = False) -> Section:
                 with torch.no_grad():
                     return m(t)
 
-            got = interleaved(
-                {
-                    "bare": forward,
-                    "array": lambda p=predictor, s=sample: p.predict_array(s.tensor),
-                    "upload": lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type),
-                },
-                seconds,
+            steps_fns = {
+                "bare": forward,
+                "array": lambda p=predictor, s=sample: p.predict_array(s.tensor),
+                "upload": lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type),
+            }
+            if getattr(predictor, "skips_explanation", False):
+                steps_fns["plain"] = lambda p=predictor, s=sample: p.predict_upload(s.upload, s.content_type, False)
+            answer = predictor.predict_upload(sample.upload, sample.content_type)
+            section.note(
+                f"{task}: the answer's JSON is {len(json.dumps(answer)) / 1024:.1f} KiB, "
+                f"{len(answer.get('heatmap_png', '')) / 1024:.1f} KiB of it the base64 heat-map PNG"
             )
+            got = interleaved(steps_fns, seconds)
             bare = got["bare"]
             steps.add(task, "bare `model(x)`, no_grad (baseline)", bare, 1.0)
             steps.add(
@@ -422,6 +439,13 @@ def bench_overhead(store: Store, quick: bool = False) -> Section:
                 got["upload"],
                 ratio(got["upload"], bare),
             )
+            if "plain" in got:
+                steps.add(
+                    task,
+                    "`predict_upload(explain=False)` in process: decode, preprocess, forward",
+                    got["plain"],
+                    ratio(got["plain"], bare),
+                )
             with mlflow_server(store, task, work) as theirs:
                 _check_and_warm(ours, theirs, sample, headers)
                 http = compare(_specs(ours, theirs, sample, work, headers), 1, duration, warmup, rounds)

@@ -11,6 +11,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: decoded-size limit of an uploaded image (decompression bombs): the service's default, and the predictors' own
@@ -69,6 +70,17 @@ class Settings(BaseSettings):
     service_db_uri: str | None = None
     #: Predict and contribute calls need an API key (header X-API-Key); off only for a closed demo box.
     require_api_key: bool = True
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "Seconds a serving process trusts a key it has checked against the database (MLOPS_KEY_CACHE_SECONDS): "
+            "a valid key's check is then answered from memory, not the database, for this long. It bounds how "
+            "long a key revoked with `mlops keys revoke` (or by another replica) still works on a process that "
+            "had just checked it; 0 checks the database on every request. Unknown and revoked keys are never "
+            "cached."
+        ),
+    )
     #: Per-key token bucket: sustained requests per minute, and the burst a key may send at once.
     rate_limit_per_minute: int = 120
     rate_limit_burst: int = 20

@@ -50,12 +50,17 @@ def admitting(hook: Callable[[float, str], None]) -> Iterator[None]:
 
 
 class Predictor(ABC):
-    """A loaded model plus its task's preprocessing and explanation. Thread-safe for reads."""
+    """A loaded model plus its task's preprocessing and explanation."""
 
     #: content types ``predict_upload`` accepts (checked by the service before calling it).
     accepted_content_types: tuple[str, ...] = ()
     #: decoded-size limit for uploaded images (decompression bombs); the service sets it from settings.
     max_pixels: int = MAX_IMAGE_PIXELS
+    #: ``predict_upload`` may run in several threads at once on this instance (no hooks or other state written
+    #: while computing): the service's lane then lets requests of the task compute side by side.
+    parallel_safe: bool = False
+    #: ``predict_upload`` takes ``explain=False`` and then computes no explanation (``answer_upload``).
+    skips_explanation: bool = False
 
     @abstractmethod
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
@@ -68,6 +73,22 @@ class Predictor(ABC):
     @abstractmethod
     def warmup_input(self) -> np.ndarray:
         """A tiny valid batch, used to check a freshly loaded model answers."""
+
+    def warm_up(self) -> None:
+        """Check a freshly loaded model answers (``warmup_input``), and load now whatever its first request would
+        otherwise import or initialise (a predictor that can, runs its whole upload path here)."""
+        self.predict_array(self.warmup_input())
+
+    def answer_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
+        """``predict_upload``; with ``explain=False`` the answer without its heat map (``heatmap_png`` left out).
+        A predictor with ``skips_explanation`` then computes none; any other computes it and drops it."""
+        if explain:
+            return self.predict_upload(data, content_type)
+        if self.skips_explanation:
+            return self.predict_upload(data, content_type, explain=False)  # type: ignore[call-arg]
+        answer = self.predict_upload(data, content_type)
+        answer.pop("heatmap_png", None)
+        return answer
 
 
 def load_predictor(weights_path: Path | str, spec_path: Path | str) -> Predictor:

@@ -1,7 +1,9 @@
 """The serving flow every image classifier shares: photo upload -> class probabilities and a Grad-CAM heat map.
 
-decode the upload (with the firewall's checks) -> the task's preprocessing -> forward -> softmax probabilities
--> Grad-CAM of the task's evidence scalar -> the task's answer with the heat map drawn over the model's input.
+decode the upload (with the firewall's checks) -> the task's preprocessing -> one forward pass giving the logits and
+the Grad-CAM of the task's evidence scalar (``gradcam.explain_forward``: no hooks, no second forward) -> softmax
+probabilities -> the task's answer with the heat map drawn over the model's input (at its resolution). Without the
+explanation (``explain=False``) it is one no-grad forward.
 A task's predictor subclasses :class:`ImageClassifier` and supplies only what differs: ``preprocess`` (decoded
 image to model input), ``evidence`` (which scalar of the output the heat map explains), ``warmup_input`` and
 ``answer`` (the JSON's shape: label names, an "unknown" threshold). Imports no training code.
@@ -10,6 +12,7 @@ image to model input), ``evidence`` (which scalar of the output the heat map exp
 from __future__ import annotations
 
 import base64
+import io
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mlops.inference import images
 from mlops.inference.base import Predictor
-from mlops.inference.gradcam import grad_cam
+from mlops.inference.gradcam import explain_forward, grad_cam, splits_at_cam
 from mlops.inference.images import IMAGE_TYPES, decode_image, heatmap_overlay_png
 from mlops.inference.model_files import ModelRegistry, rebuild
 
@@ -28,9 +32,12 @@ class ImageClassifier(Predictor):
     """A CNN with a ``cam_layer`` over one grayscale image in [0, 1], answering class probabilities."""
 
     accepted_content_types = IMAGE_TYPES
+    skips_explanation = True
 
     def __init__(self, model: torch.nn.Module, spec: dict[str, Any]):
         self.model = model.eval()
+        # A model that splits at its cam layer is explained without hooks: requests may share it across threads.
+        self.parallel_safe = splits_at_cam(self.model)
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
@@ -51,17 +58,37 @@ class ImageClassifier(Predictor):
             return self.model(x).softmax(dim=1).numpy()
 
     def explain(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (classes,) and the Grad-CAM map (H, W) of the evidence, for one model input."""
+        """Probabilities (classes,) and the Grad-CAM map (H, W) of the evidence, for one model input, from one
+        forward pass."""
         x = torch.as_tensor(gray[None, None])
-        heat = grad_cam(self.model, x, self.evidence, self.model.cam_layer)[0].numpy()
-        return self.predict_array(x.numpy())[0], heat
+        if not self.parallel_safe:  # a model without the features/head split: hooks, then a forward of its own
+            heat = grad_cam(self.model, x, self.evidence, self.model.cam_layer)[0].numpy()
+            return self.predict_array(x.numpy())[0], heat
+        logits, heat = explain_forward(self.model, x, self.evidence)
+        return logits.softmax(dim=1)[0].numpy(), heat[0].numpy()
 
-    def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
-        """The answer and heat map of one PNG/JPEG upload; BadInput (4xx) for bad files."""
+    def predict_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
+        """The answer and heat map of one PNG/JPEG upload; BadInput (4xx) for bad files. ``explain=False``: the
+        answer alone (one no-grad forward, no Grad-CAM, no PNG), without the ``heatmap_png`` field."""
         image = decode_image(data, max_pixels=self.max_pixels)
         gray = self.preprocess(image)
+        if not explain:
+            answer = self.answer(self.predict_array(gray[None, None])[0], "")
+            answer.pop("heatmap_png", None)
+            return answer
         probs, heat = self.explain(gray)
         return self.answer(probs, base64.b64encode(heatmap_overlay_png(gray, heat)).decode())
+
+    def warm_up(self) -> None:
+        """The whole upload path once, at model load: the decoders, autograd, the PNG encoder and the colour
+        table are loaded now, so the first request pays for none of it."""
+        super().warm_up()
+        images.warm_up()
+        pixels = (np.clip(self.warmup_input()[0, 0], 0, 1) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).convert("RGB").save(buf, format="PNG")
+        self.predict_upload(buf.getvalue(), "image/png")
+        self.predict_upload(buf.getvalue(), "image/png", explain=False)
 
 
 Classifier = TypeVar("Classifier", bound=ImageClassifier)

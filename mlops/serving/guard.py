@@ -2,8 +2,9 @@
 
 What a web application firewall gave the study's service, done in the app so every task's routes get it:
 the key and role check and the per-key token bucket run as FastAPI dependencies (in the thread pool, since
-they touch the database); the request log is a middleware that sees every guarded call, including the
-ones refused before they reached the route.
+they may touch the database: a key's check is cached for ``key_cache_seconds``); the request log is a middleware
+that sees every guarded call, including the ones refused before they reached the route (its rows are written by a
+background thread in batches: no database round trip on the request's path).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class Guard:
     def __init__(self, settings: Settings):
         url = settings.resolved_service_db_uri
         self.settings = settings
-        self.keys = KeyStore(url)
+        # a checked key is trusted from memory for key_cache_seconds: no database round trip per request
+        self.keys = KeyStore(url, cache_seconds=settings.key_cache_seconds)
         self.limiter = make_limiter(settings)
         # guessing keys costs a token of the caller's address: a flood of bad keys is refused before the database
         self.failures = make_limiter(settings, settings.auth_failures_per_minute, settings.auth_failures_burst)

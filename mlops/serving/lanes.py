@@ -1,20 +1,24 @@
 """Per-task compute lanes: bounded waiting, a deadline, and no task able to starve another.
 
-Each task's model computes one request at a time (its Grad-CAM hooks sit on the shared module), but tasks compute
-side by side: a burst of maximal ttubule stacks no longer queues every fracture answer behind it, as the one
-process-wide lock did. A lane admits at most ``capacity`` requests (computing + waiting); one more is refused at
-once with 503 and ``Retry-After`` instead of tying up a worker thread, and a request still waiting at its deadline
-gets 504. Bounding every lane also bounds the worker threads one task can hold (the thread pool is shared), so
-``/healthz`` and the other tasks always find one free. Inside its slot, a request whose decoded input is predicted
-(from the task's own measured costs) to compute longer than the deadline is refused with 413 before computing.
+Tasks compute side by side: a burst of maximal ttubule stacks does not queue every fracture answer behind it. Within
+a task, a predictor that is safe to share between threads (``Predictor.parallel_safe``: fume_hood's and fracture's,
+whose Grad-CAM needs no hooks on the shared module) computes up to ``width`` requests at once (the CPU cores this
+process may use; ``mlops serve`` gives torch one thread per computation); any other computes one request at a time.
+A lane admits at most ``capacity`` requests (computing + waiting); one more is refused at once with 503 and
+``Retry-After`` instead of tying up a worker thread, and a request still waiting at its deadline gets 504. Bounding
+every lane also bounds the worker threads one task can hold (the thread pool is shared), so ``/healthz`` and the
+other tasks always find one free. Inside its slot, a request whose decoded input is predicted (from the task's own
+measured costs) to compute longer than the deadline is refused with 413 before computing.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -68,33 +72,76 @@ class LaneTimeout(RuntimeError):
         )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 class Lane:
-    def __init__(self, task: str, capacity: int, deadline: float):
+    def __init__(self, task: str, capacity: int, deadline: float, width: int | None = None):
         if capacity < 1 or deadline <= 0:
             raise ValueError("MLOPS_QUEUE_PER_TASK must be >= 1 and MLOPS_REQUEST_DEADLINE_SECONDS > 0")
         self.task, self.capacity, self.deadline = task, capacity, deadline
-        self._compute = threading.Lock()
+        #: computations of parallel-safe work at once
+        self.width = max(1, width or usable_cores())
+        self._slots = threading.Condition()
+        self._busy = 0  # slots held: 1 per shared computation, all of them for exclusive work
+        self._exclusive_waiting = 0  # exclusive work waiting: shared work lets it go first
         self._count = threading.Lock()
         self.admitted = 0  # computing + waiting: the queue depth an operator watches
         self._recent = 1.0  # seconds the last computation took (what Retry-After is derived from)
         self.cost = CostModel()
 
-    def exclusive(self) -> threading.Lock:
-        """The task's compute slot itself, for work that must not be refused (a new version's warm-up): it waits
-        for the slot without taking a place in the bounded queue."""
-        return self._compute
+    def _acquire(self, shared: bool, timeout: float | None) -> bool:
+        need = 1 if shared else self.width
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._slots:
+            if not shared:
+                self._exclusive_waiting += 1
+            try:
+                while self._busy + need > self.width or (shared and self._exclusive_waiting):
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._slots.wait(left)
+                self._busy += need
+                return True
+            finally:
+                if not shared:
+                    self._exclusive_waiting -= 1
+                    self._slots.notify_all()  # shared work held back for it may go on (whether it got the slots)
 
-    def run(self, work: Callable[[], T]) -> T:
+    def _release(self, shared: bool) -> None:
+        with self._slots:
+            self._busy -= 1 if shared else self.width
+            self._slots.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The task's whole compute slot, for work that must not be refused (a new version's warm-up): it waits for
+        the running computations without taking a place in the bounded queue."""
+        self._acquire(shared=False, timeout=None)
+        try:
+            yield
+        finally:
+            self._release(shared=False)
+
+    def run(self, work: Callable[[], T], shared: bool = False) -> T:
+        """``work`` in this lane: alone (``shared=False``) or beside other shared work, up to ``width`` at once."""
         with self._count:
             if self.admitted >= self.capacity:
-                raise LaneFull(self.task, self.capacity, max(1, round(self._recent * self.admitted)))
+                retry = max(1, round(self._recent * self.admitted / (self.width if shared else 1)))
+                raise LaneFull(self.task, self.capacity, retry)
             self.admitted += 1
         try:
-            if not self._compute.acquire(timeout=self.deadline):
+            if not self._acquire(shared, self.deadline):
                 raise LaneTimeout(self.task, self.deadline)
             declared: list[float] = []
+            started = time.perf_counter()
             try:
-                started = time.perf_counter()
                 with admitting(lambda units, unit: self._admit(units, unit, declared)):
                     result = work()
                 if declared:  # only completed work teaches the cost model (a refusal midway costs little)
@@ -102,7 +149,7 @@ class Lane:
                 return result
             finally:
                 self._recent = time.perf_counter() - started
-                self._compute.release()
+                self._release(shared)
         finally:
             with self._count:
                 self.admitted -= 1
@@ -124,15 +171,15 @@ class Lane:
 class Lanes:
     """Task name -> its lane, made on first use."""
 
-    def __init__(self, capacity: int, deadline: float):
-        self.capacity, self.deadline = capacity, deadline
+    def __init__(self, capacity: int, deadline: float, width: int | None = None):
+        self.capacity, self.deadline, self.width = capacity, deadline, width
         self._lanes: dict[str, Lane] = {}
         self._lock = threading.Lock()
 
     def __call__(self, task: str) -> Lane:
         with self._lock:
             if task not in self._lanes:
-                self._lanes[task] = Lane(task, self.capacity, self.deadline)
+                self._lanes[task] = Lane(task, self.capacity, self.deadline, self.width)
             return self._lanes[task]
 
     def depths(self) -> dict[str, int]:

@@ -51,7 +51,7 @@ class ModelStore:
         self._models: dict[str, ServedModel] = {}
         self.errors: dict[str, str] = {}
         self._swap_lock = threading.Lock()
-        # Model compute (requests and a new version's warm-up) runs one at a time per task, tasks side by side.
+        # Model compute (requests and a new version's warm-up) runs in per-task lanes, tasks side by side.
         self.lanes = Lanes(settings.queue_per_task, settings.request_deadline_seconds)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -62,10 +62,14 @@ class ModelStore:
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    def predict(self, served: ServedModel, data: bytes, content_type: str) -> dict[str, Any]:
+    def predict(self, served: ServedModel, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
         """Run one prediction (in a worker thread; never on the event loop) in its task's lane: LaneFull when the
-        lane is full, LaneTimeout when no slot came within the deadline."""
-        return self.lanes(served.task).run(lambda: served.predictor.predict_upload(data, content_type))
+        lane is full, LaneTimeout when no slot came within the deadline. ``explain=False``: no heat map. A predictor
+        safe to share between threads computes beside the task's other requests (up to the lane's width)."""
+        predictor = served.predictor
+        return self.lanes(served.task).run(
+            lambda: predictor.answer_upload(data, content_type, explain), shared=predictor.parallel_safe
+        )
 
     def refresh(self) -> list[str]:
         """Load every task whose alias points to another version than the one served; return swapped tasks."""
@@ -114,8 +118,10 @@ class ModelStore:
         mv = MlflowClient().get_model_version(task, version)
         predictor = load_released(task, version)  # never MLflow's loader: it would run the artifact's code
         predictor.max_pixels = self.settings.max_image_pixels
-        with self.lanes(task).exclusive():  # the warm-up waits for its task's lane, never for the others
-            predictor.predict_array(predictor.warmup_input())
+        # The warm-up checks it answers and loads what its first request would (decoders, encoders): it waits for
+        # its task's lane, never for the others.
+        with self.lanes(task).exclusive():
+            predictor.warm_up()
         lineage = {k.removeprefix(TAG): v for k, v in mv.tags.items() if k.startswith(TAG)}
         return ServedModel(task, version, self.settings.served_alias, predictor, lineage)
 

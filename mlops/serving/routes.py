@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from mlops.inference import BadInput
@@ -60,8 +60,27 @@ def served_or_error(store: ModelStore, task: str):
     return served
 
 
-@router.post("/v1/models/{task}/predict")
-async def predict(task: str, file: UploadFile, request: Request, store: Store, member: MemberCaller) -> dict[str, Any]:
+PREDICT_DESCRIPTION = """The served version's answer for one uploaded file (multipart field `file`; PNG or JPEG for
+fume_hood and fracture), with its explanation: `heatmap_png`, a base64 PNG of the heat map drawn over the model's
+input **at the model's input resolution** (e.g. 64x64 for fracture, 64x48 for fume_hood; scale it for display,
+e.g. with a CSS width), and `explanation`, what the map shows.
+
+`explain=false` answers without the heat map: the JSON has no `heatmap_png` field. fume_hood and fracture then
+compute no Grad-CAM and no PNG (one forward pass without gradients, the cheapest answer); the other tasks compute
+their answer as usual and leave the map out."""
+
+ExplainParam = Annotated[
+    bool,
+    Query(
+        description="false: answer without the heat map (no `heatmap_png` field; cheaper for fume_hood and fracture)"
+    ),
+]
+
+
+@router.post("/v1/models/{task}/predict", description=PREDICT_DESCRIPTION)
+async def predict(
+    task: str, file: UploadFile, request: Request, store: Store, member: MemberCaller, explain: ExplainParam = True
+) -> dict[str, Any]:
     served = served_or_error(store, task)
     note_call(request, task=task, version=served.version)
     limit = request.app.state.settings.max_upload_bytes
@@ -79,5 +98,5 @@ async def predict(task: str, file: UploadFile, request: Request, store: Store, m
     if await request.is_disconnected():  # the client left while its upload was read: compute nothing for it
         raise HTTPException(499, detail="client closed the request")
     # Model compute runs in a worker thread (in its task's lane) so the event loop keeps serving other requests.
-    result = await run_in_threadpool(store.predict, served, data, declared)
+    result = await run_in_threadpool(store.predict, served, data, declared, explain)
     return {"task": task, "version": served.version, "alias": served.alias, "member": member.name, **result}

@@ -67,8 +67,12 @@ class FractureCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels[-1], n_classes)
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input up to ``cam_layer``'s output: Grad-CAM runs the model as ``head(features(x))``, without hooks."""
+        return self.cam_layer(self.body(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cam_layer(self.body(x)))
+        return self.head(self.features(x))
 
 
 @MODELS.register("cnn")

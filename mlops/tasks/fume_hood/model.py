@@ -42,8 +42,12 @@ class CustomCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * width, n_classes)
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input up to ``cam_layer``'s output: Grad-CAM runs the model as ``head(features(x))``, without hooks."""
+        return self.cam_layer(self.body(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cam_layer(self.body(x)))
+        return self.head(self.features(x))
 
 
 class AlexNetStyle(nn.Module):
@@ -74,8 +78,12 @@ class AlexNetStyle(nn.Module):
             nn.Linear(8 * width, n_classes),
         )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The input up to ``cam_layer``'s output: Grad-CAM runs the model as ``head(features(x))``, without hooks."""
+        return self.cam_layer(self.body(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cam_layer(self.body(x)))
+        return self.head(self.features(x))
 
 
 @MODELS.register("custom_cnn")

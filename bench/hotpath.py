@@ -1,0 +1,168 @@
+"""Quick in-process check of the serving hot path (issue 20): ``predict_upload`` against the bare forward pass.
+
+No pipeline and no server: each image classifier is built at the main pipeline's champion architecture
+(``reports/<task>/best_params.json`` at the time of writing: fracture ``cnn`` width 12 depth 3 on 64x64, fume_hood
+``custom_cnn`` width 32 on 64x48) with seeded random weights (the cost does not depend on the values), and its
+upload is the one benchmark 1 sends (the task's own simulator at the default size). Steps are timed round-robin, as
+benchmark 2 does, at 1 torch thread (what ``mlops serve`` uses). The same script measures older code of the
+project: ``PYTHONPATH=<a checkout of it> python bench/hotpath.py`` (it uses only what both versions have).
+
+    python bench/hotpath.py [--seconds 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import inspect
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+#: (task, model, constructor kwargs, spec extra): the main pipeline's champions' shapes
+CHAMPIONS = (
+    ("fracture", "cnn", {"width": 12, "depth": 3, "dropout": 0.1}, {"input_size": 64, "unknown_threshold": 0.5}),
+    ("fume_hood", "custom_cnn", {"width": 32, "dropout": 0.1}, {"input_width": 64, "input_height": 48}),
+)
+
+
+def build(task: str, model_name: str, kwargs: dict, extra: dict, folder: Path):
+    """The task's predictor over seeded random weights, rebuilt from a saved model folder as the service does."""
+    import importlib
+
+    import torch
+
+    from mlops.inference import load_predictor
+
+    torch.manual_seed(0)
+    models = importlib.import_module(f"mlops.tasks.{task}.model")
+    model = models.MODELS.build(model_name, **kwargs)
+    if task == "fracture":
+        extra = {**extra, "classes": list(importlib.import_module("mlops.tasks.fracture.layout").CLASSES)}
+    spec = {
+        "task": task,
+        "model": model_name,
+        "model_kwargs": kwargs,
+        "inference_module": f"mlops.tasks.{task}.inference",
+        "extra": extra,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "weights.pt")
+    (folder / "spec.json").write_text(json.dumps(spec))
+    return load_predictor(folder / "weights.pt", folder / "spec.json")
+
+
+def upload(task: str, folder: Path) -> tuple[bytes, str]:
+    """Benchmark 1's upload of the task: one image of its simulator at the default size."""
+    if task == "fume_hood":
+        from mlops.tasks.fume_hood.simulate import simulate_photos
+
+        simulate_photos(folder, n_photos=6, n_labs=2, width=640, height=480, rater_noise=0.3, seed=7)
+    else:
+        from mlops.tasks.fracture.simulate import simulate_fractographs
+
+        simulate_fractographs(folder, 4, 1, 160, 256, (80, 175), (28, 55), 0.5, 1.2, seed=7)
+    path = sorted((folder / "images").glob("*"))[0]
+    return path.read_bytes(), "image/png" if path.suffix == ".png" else "image/jpeg"
+
+
+def interleaved(fns: dict[str, Callable[[], object]], seconds: float, min_reps: int = 50) -> dict[str, float]:
+    """Median ms of each function, called round-robin for about ``seconds`` (at least ``min_reps`` calls each)."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    end = time.perf_counter() + seconds
+    while min(len(t) for t in times.values()) < min_reps or time.perf_counter() < end:
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(seconds: float) -> list[dict]:
+    import torch
+    from PIL import Image
+
+    from mlops.inference.images import decode_image
+
+    torch.set_num_threads(1)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="mlops-hotpath-"))
+    for task, model_name, kwargs, extra in CHAMPIONS:
+        predictor = build(task, model_name, kwargs, extra, work / task / "model")
+        data, ctype = upload(task, work / task / "upload")
+        x = torch.as_tensor(predictor.preprocess(decode_image(data))[None, None])
+
+        def bare(m=predictor.model, t=x):
+            with torch.no_grad():
+                return m(t)
+
+        fns: dict[str, Callable[[], object]] = {
+            "bare": bare,
+            "upload": lambda p=predictor, d=data, c=ctype: p.predict_upload(d, c),
+        }
+        plain = "explain" in inspect.signature(predictor.predict_upload).parameters
+        if plain:
+            fns["upload_plain"] = lambda p=predictor, d=data, c=ctype: p.predict_upload(d, c, explain=False)
+        # what the service's model store does at load, then what its first request pays
+        getattr(predictor, "warm_up", lambda p=predictor: p.predict_array(p.warmup_input()))()
+        started = time.perf_counter()
+        first = predictor.predict_upload(data, ctype)
+        first_ms = (time.perf_counter() - started) * 1000
+        got = interleaved(fns, seconds)
+        heat = base64.b64decode(first["heatmap_png"])
+        with Image.open(io.BytesIO(heat)) as img:
+            size = img.size
+        rows.append(
+            {
+                "task": task,
+                "upload_bytes": len(data),
+                "bare_ms": got["bare"],
+                "upload_ms": got["upload"],
+                "upload_x_bare": got["upload"] / got["bare"],
+                "plain_ms": got.get("upload_plain"),
+                "plain_x_bare": got["upload_plain"] / got["bare"] if plain else None,
+                "first_call_ms": first_ms,
+                "answer_json_bytes": len(json.dumps(first)),
+                "heatmap_png_bytes": len(heat),
+                "heatmap_size": size,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="round-robin time per task")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    import mlops
+
+    rows = measure(args.seconds)
+    print(f"code: {Path(mlops.__file__).resolve().parent if mlops.__file__ else list(mlops.__path__)}")
+    print(
+        "| task | bare forward ms | predict_upload ms | x bare | explain=false ms | x bare | first call ms | "
+        "answer JSON bytes | heat-map PNG bytes | heat-map size |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        plain = f"{r['plain_ms']:.2f} | {r['plain_x_bare']:.2f}" if r["plain_ms"] else "- | -"
+        print(
+            f"| {r['task']} | {r['bare_ms']:.2f} | {r['upload_ms']:.2f} | {r['upload_x_bare']:.2f} | {plain} | "
+            f"{r['first_call_ms']:.1f} | {r['answer_json_bytes']} | {r['heatmap_png_bytes']} | "
+            f"{r['heatmap_size'][0]}x{r['heatmap_size'][1]} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
