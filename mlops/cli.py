@@ -663,11 +663,15 @@ def registry_card(task: str, version: str, params_path: ParamsOpt = Path("params
 @app.command("serve")
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve every task's champion over HTTP (FastAPI + uvicorn)."""
+    import torch
     import uvicorn
 
     from mlops.serving.access_log import redact_query_secrets
     from mlops.serving.app import create_app
 
+    # One torch thread per computation: requests compute side by side in their lanes (one per core), and a second
+    # intra-op thread per request bought no throughput on a quiet machine and collapsed it on a busy one.
+    torch.set_num_threads(1)
     settings = _settings()
     redact_query_secrets()
     # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; only the configured proxies are believed.
