@@ -177,6 +177,18 @@ def test_overlay_is_pixel_identical_to_the_matplotlib_one_and_sent_at_model_reso
         assert np.array_equal(np.asarray(big), matplotlib_overlay(gray, heat, scale=4))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (64, 64), (48, 64), (256, 192)])
+def test_the_png_writer_gives_any_reader_the_same_pixels(shape):
+    from mlops.inference.images import rgb_png
+
+    pixels = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    data = rgb_png(pixels)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # chunk CRCs and structure
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "PNG" and img.mode == "RGB" and np.array_equal(np.asarray(img), pixels)
+
+
 # --- the predictors ----------------------------------------------------------------------------------------
 
 
