@@ -479,13 +479,23 @@ def registry_status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Champion and challenger of every task, with gated metrics, data version and validation."""
+    """Champion and challenger of every task, with gated metrics, data version and validation; flags aliases moved
+    outside the release tools (as `registry verify` does) and a broken release history."""
     from mlops.params import load_params
+    from mlops.registry.release import problems_by_task
     from mlops.registry.versions import status
     from mlops.tasks import task_names
     from mlops.training.scoring import interval_text
 
-    rows = status(_settings(), task_names())
+    settings = _settings()
+    rows = status(settings, task_names())
+    try:  # the same checks as `registry verify`: an alias moved in the MLflow UI skipped every gate
+        problems = problems_by_task(settings, [r["task"] for r in rows])
+        unchecked = None
+    except (ValueError, ConnectionError) as exc:  # e.g. a tracking server without MLOPS_HISTORY_URI
+        problems, unchecked = {}, str(exc)
+    for r in rows:
+        r["problems"] = problems.get(r["task"]) if unchecked is None else None
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -498,6 +508,7 @@ def registry_status(
         "data (md5)",
         "validated",
         "promoted by",
+        "aliases",
     ):
         table.add_column(col)
     # The table shows the metrics the task's gates name (all of them are in --json and the model card).
@@ -515,8 +526,20 @@ def registry_status(
             r.get("champion_data") or "-",
             str(r.get("champion_validation") or "-"),
             str(r.get("champion_promoted_by") or "-"),
+            "not checked" if r["problems"] is None else ("[bold red]MOVED/BROKEN[/]" if r["problems"] else "ok"),
         )
     Console().print(table)
+    for r in rows:
+        for p in r["problems"] or ():
+            console.print(f"[bold red]INCONSISTENT:[/] {p}", soft_wrap=True)
+    if any(r["problems"] for r in rows):
+        console.print(
+            "An alias moved outside `mlops registry promote/rollback` skipped the gates and the release history: "
+            "put it back with those commands (`mlops registry verify` checks the same).",
+            soft_wrap=True,
+        )
+    if unchecked:
+        console.print(f"[yellow]aliases not checked against the release history:[/] {unchecked}", soft_wrap=True)
 
 
 @registry_app.command("promote")
@@ -695,12 +718,20 @@ def tasks() -> None:
 @app.command("info")
 def info() -> None:
     """Where the tracking store, artifacts and Optuna storage live, and how to look at them."""
+    import shlex
+
+    from mlops.tuning.storage import dashboard_storage
+
     s = _settings()
     uri = s.resolved_tracking_uri
-    console.print(f"MLflow tracking + registry: {uri}\nartifacts: {s.resolved_artifact_root}")
-    console.print(f"Optuna storage: {s.resolved_optuna_storage}")
-    console.print(f"Open the MLflow UI:   mlflow ui --backend-store-uri {uri} --port 5000")
-    console.print("Serve the champions:  mlops serve --port 8000   (then open http://127.0.0.1:8000/docs)")
+    print_ = functools.partial(console.print, soft_wrap=True)  # whole lines: paths to copy, however narrow
+    print_(f"MLflow tracking + registry: {uri}\nartifacts: {s.resolved_artifact_root}")
+    print_(f"Optuna storage: {s.resolved_optuna_storage}")
+    print_(f'Open the MLflow UI:   mlflow ui --backend-store-uri {uri} --port 5000   (then "Model training")')
+    # A journal file by its bare path: optuna-dashboard does not read the `journal:` prefix the workers use.
+    dashboard = shlex.quote(dashboard_storage(s.resolved_optuna_storage))
+    print_(f"Open the Optuna dashboard: optuna-dashboard {dashboard} --port 8080   (pip install optuna-dashboard)")
+    print_("Serve the champions:  mlops serve --port 8000   (then open http://127.0.0.1:8000/docs)")
 
 
 if __name__ == "__main__":  # pragma: no cover

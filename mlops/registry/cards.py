@@ -1,4 +1,9 @@
-"""Model cards: what a version is, its data and validation, metrics vs gates and vs champion, lineage."""
+"""Model cards: what a version is, its data and validation, metrics vs gates and vs champion, lineage.
+
+A card is published twice (:func:`publish_card`): as the registry version's description, which the MLflow UI shows
+on the version's page, and as ``model_card.md`` of the version's run. It is published again whenever what it says
+changes (a promotion or rollback moves the aliases and adds the promotion's record).
+"""
 
 from __future__ import annotations
 
@@ -59,3 +64,24 @@ def model_card(task: str, version: str, params: Params) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+#: MLflow's column for a version's description holds 5,000 characters
+DESCRIPTION_LIMIT = 5000
+
+
+def publish_card(task: str, version: str, params: Params, run_id: str | None = None) -> str:
+    """Write ``task`` v``version``'s card as the version's description and as ``model_card.md`` of its run (``run_id``,
+    default the version's train run); returns the card."""
+    c = client()
+    card = model_card(task, version, params)
+    mv = c.get_model_version(task, version)
+    run_id = run_id or mv.tags.get(f"{TAG}run_id") or mv.run_id  # the train run (register tags it on the version)
+    description = card
+    if len(card) > DESCRIPTION_LIMIT:
+        tail = f"\n\n(cut here: the whole card is model_card.md of run {run_id})"
+        description = card[: DESCRIPTION_LIMIT - len(tail)] + tail
+    c.update_model_version(task, version, description=description)
+    if run_id:
+        c.log_text(run_id, card, "model_card.md")
+    return card

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlops.params import Params
-from mlops.registry.cards import model_card
-from mlops.registry.versions import CHALLENGER, client
+from mlops.registry.cards import publish_card
+from mlops.registry.versions import ALIASES_DOC, CHALLENGER, client
 from mlops.settings import Settings
 from mlops.tracking.lineage import TAG, WEIGHTS_TAG
 from mlops.tracking.runs import connect
@@ -57,7 +57,9 @@ def register_model(
             c.set_model_version_tag(task, version.version, f"{TAG}metric.{name}", f"{value:.6g}")
     if not failures:
         c.set_registered_model_alias(task, CHALLENGER, version.version)
-    c.log_text(run_id, model_card(task, str(version.version), params), "model_card.md")
+    if not c.get_registered_model(task).description:  # what the aliases mean; a description written in the UI stays
+        c.update_registered_model(task, description=ALIASES_DOC)
+    publish_card(task, str(version.version), params, run_id)
     result = Registration(task, str(version.version), run_id, not failures, failures, metrics, arm_dir.name, digest)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))

@@ -8,20 +8,28 @@ Gates a version must hold to become ``champion`` (each recorded with its detail 
      the difference's interval from resampling the same groups; "indistinguishable" when it straddles zero;
   4. ``approval`` — an approver and a reason are given.
 ``force`` (with a reason) moves the alias despite failed gates and is recorded as forced.
+
+Aliases (``versions.ALIASES_DOC``, the registered model's description): a promotion of the ``challenger``'s version
+removes ``challenger`` (a version is champion or challenger, not both); every move republishes the cards of the
+versions it concerns (their registry descriptions). :func:`alias_problems` finds aliases moved outside these tools
+(the MLflow UI's alias editor skips every gate): ``verify`` and ``mlops registry status`` report them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mlops.params import Params
+from mlops.registry.cards import publish_card
 from mlops.registry.history import (
     AliasEvent,
     History,
@@ -30,7 +38,7 @@ from mlops.registry.history import (
     pause_for_tests,
     verify_chain,
 )
-from mlops.registry.versions import CHAMPION, PromotionError, alias_version, client, version_metrics
+from mlops.registry.versions import CHALLENGER, CHAMPION, PromotionError, alias_version, client, version_metrics
 from mlops.settings import Settings
 from mlops.stats import CASE, GROUP, STRATUM
 from mlops.tracking.lineage import TAG, dvc_hash
@@ -176,6 +184,8 @@ def _move(
         if expected_from is not None and current != expected_from:
             raise PromotionError(f"{task}: champion changed to v{current} meanwhile; nothing changed, retry")
         c.set_registered_model_alias(task, CHAMPION, to_version)
+        if alias_version(c, task, CHALLENGER) == to_version:  # the challenger won: it is the champion now
+            c.delete_registered_model_alias(task, CHALLENGER)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for key, value in (("promoted_by", actor), ("promoted_at", now), ("promotion_reason", reason)):
             c.set_model_version_tag(task, to_version, f"{TAG}{key}", value)
@@ -202,7 +212,7 @@ def promote(
             + "\n(--force with a reason overrides, and is recorded as forced)"
         )
     before = alias_version(client(), task, CHAMPION)
-    return _move(
+    event = _move(
         settings,
         task,
         str(candidate.version),
@@ -213,6 +223,20 @@ def promote(
         gates,
         expected_from=before,
     )
+    refresh_cards(task, event, params)
+    return event
+
+
+def refresh_cards(task: str, event: AliasEvent, params: Params) -> None:
+    """Republish the cards an alias move changed: the new and the old champion's, and the challenger's (its card
+    names the champion). After the move: a failure here warns and leaves the release as it is."""
+    try:
+        c = client()
+        versions = {event.to_version, event.from_version, alias_version(c, task, CHALLENGER)} - {None, ""}
+        for version in sorted(versions, key=int):
+            publish_card(task, version, params)
+    except Exception as exc:  # the alias moved and the history holds the event: the card is a view of them
+        warnings.warn(f"{task}: the model cards were not updated after the alias move: {exc}", stacklevel=2)
 
 
 #: Events that move an alias; others in the chain (``reproduce``) are records about a version and move nothing.
@@ -232,8 +256,10 @@ def champion_stack(events: list[AliasEvent]) -> list[str]:
     return stack
 
 
-def rollback(task: str, settings: Settings, actor: str, reason: str) -> AliasEvent:
-    """Move ``champion`` back to the champion before the current one."""
+def rollback(task: str, settings: Settings, actor: str, reason: str, params: Params | None = None) -> AliasEvent:
+    """Move ``champion`` back to the champion before the current one (``challenger`` stays where it is).
+
+    ``params`` (default: ``settings.params_file``) gives the gates the republished cards show."""
     connect(settings)
     if not reason.strip() or not actor.strip():
         raise PromotionError("a reason (--reason) and who rolls back (--actor) are required")
@@ -241,7 +267,15 @@ def rollback(task: str, settings: Settings, actor: str, reason: str) -> AliasEve
     if len(stack) < 2:
         raise PromotionError(f"{task} has no previous champion to roll back to (history: {stack or 'empty'})")
     gates = {"rollback": {"passed": True, "detail": f"back from v{stack[-1]} to v{stack[-2]}"}}
-    return _move(settings, task, stack[-2], actor, reason, "rollback", False, gates, expected_from=stack[-1])
+    event = _move(settings, task, stack[-2], actor, reason, "rollback", False, gates, expected_from=stack[-1])
+    if params is None and Path(settings.params_file).is_file():
+        from mlops.params import load_params
+
+        with contextlib.suppress(Exception):  # no readable params: the cards stay as they were (refresh warns)
+            params = load_params(settings.params_file)
+    if params is not None:
+        refresh_cards(task, event, params)
+    return event
 
 
 def history(task: str, settings: Settings, at: str | None = None) -> list[AliasEvent]:
@@ -252,23 +286,50 @@ def history(task: str, settings: Settings, at: str | None = None) -> list[AliasE
     return [event] if event else []
 
 
-def verify(settings: Settings, tasks: list[str]) -> list[str]:
-    """Problems found: broken hash chains, and aliases that disagree with the history."""
+def alias_problems(c, task: str, events: list[AliasEvent]) -> list[str]:
+    """Aliases not where these tools put them, i.e. moved outside them (the MLflow UI's alias editor, the API):
+    ``champion`` not where the release history's last move left it; ``challenger`` on the champion (a promotion
+    removes it) or on a version whose gates did not pass (the register stage sets it only on passing ones)."""
+    from mlflow.exceptions import MlflowException
+
+    def alias(name: str) -> str | None:
+        try:
+            return alias_version(c, task, name)
+        except MlflowException:  # the registered model does not exist
+            return None
+
+    problems = []
+    stack = champion_stack(events)
+    current, expected = alias(CHAMPION), (stack[-1] if stack else None)
+    if current != expected:
+        problems.append(f"{task}: registry champion is v{current} but the history says v{expected}")
+    challenger = alias(CHALLENGER)
+    if challenger is not None and challenger == current:
+        problems.append(f"{task}: challenger is on champion v{challenger}; promoting a challenger removes the alias")
+    elif challenger is not None:
+        gates = c.get_model_version(task, challenger).tags.get(f"{TAG}gates")
+        if gates != "passed":
+            problems.append(
+                f"{task}: challenger is on v{challenger}, whose gates did not pass ({gates or 'never checked'}); "
+                "the register stage sets it only on a version that passes them"
+            )
+    return problems
+
+
+def problems_by_task(settings: Settings, tasks: list[str]) -> dict[str, list[str]]:
+    """Each task's problems: a broken hash chain, aliases moved outside the release tools (:func:`alias_problems`)."""
     connect(settings)
     store, c = open_history(settings), client()
-    problems = []
+    found = {}
     for task in tasks:
         events = store.events(task)
-        problems += verify_chain(events)
-        stack = champion_stack(events)
-        try:
-            current = alias_version(c, task, CHAMPION)
-        except Exception:  # the registered model does not exist
-            current = None
-        expected = stack[-1] if stack else None
-        if current != expected:
-            problems.append(f"{task}: registry champion is v{current} but the history says v{expected}")
-    return problems
+        found[task] = verify_chain(events) + alias_problems(c, task, events)
+    return found
+
+
+def verify(settings: Settings, tasks: list[str]) -> list[str]:
+    """Problems found (:func:`problems_by_task`), every task's in one list."""
+    return [p for problems in problems_by_task(settings, tasks).values() for p in problems]
 
 
 def event_json(e: AliasEvent) -> dict:

@@ -8,6 +8,19 @@ from mlops.tracking.runs import connect
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
+#: What the aliases mean: the registered model's description (the registry UI shows it on the model's page).
+#: A version holds at most one of them: promoting the challenger's version moves ``champion`` there and removes
+#: ``challenger``, which waits for the next registered version that passes the gates.
+ALIASES_DOC = f"""Aliases, moved only by the `mlops` release tools (`mlops registry status` flags moves made elsewhere):
+
+- `{CHAMPION}`: the version the service serves. Only `mlops registry promote` (every gate checked, or forced with a
+  reason) and `mlops registry rollback` move it; each move is in the task's hash-chained release history.
+- `{CHALLENGER}`: the newest registered version that passed the gates in params.yaml and is not the champion. The
+  register stage sets it; promoting that version removes it (the version is then the champion); promoting another
+  version or rolling back leaves it where it is.
+
+Each version's description is its model card (data, validation, test metrics against gates and champion, lineage)."""
+
 
 class PromotionError(RuntimeError):
     """A promotion was refused; the message says why and what to do."""

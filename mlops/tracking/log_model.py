@@ -19,8 +19,11 @@ def pip_requirements() -> list[str]:
     return [f"torch=={version('torch')}", f"mlflow=={version('mlflow')}", f"numpy=={version('numpy')}"]
 
 
-def log_pyfunc(model_dir: Path, example: np.ndarray):
-    """Log ``model_dir`` (weights + spec) as the active run's model; returns MLflow's ModelInfo."""
+def log_pyfunc(model_dir: Path, example: np.ndarray, step: int = 0):
+    """Log ``model_dir`` (weights + spec) as the active run's model; returns MLflow's ModelInfo.
+
+    ``step``: the epoch whose weights ``model_dir`` holds. MLflow links the run's metrics logged at that step to the
+    model (its page and the registry version show them), so they must be the kept epoch's, not epoch 0's."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -34,4 +37,5 @@ def log_pyfunc(model_dir: Path, example: np.ndarray):
         signature=signature,
         input_example=example,
         pip_requirements=pip_requirements(),
+        step=step,
     )

@@ -24,7 +24,7 @@ from mlops.settings import Settings
 from mlops.tasks import capabilities, get_task
 from mlops.tracking.lineage import TAG, WEIGHTS_TAG, lineage_tags
 from mlops.tracking.log_model import log_pyfunc
-from mlops.tracking.runs import connect, experiment_id, log_dataset
+from mlops.tracking.runs import connect, experiment_id, log_dataset, log_metrics, log_params
 from mlops.tuning.space import monitored_metric
 from mlops.tuning.sweep import read_sweeps
 
@@ -158,7 +158,7 @@ def _train_arm(
     )
     tags |= {f"{TAG}arm": arm, f"{TAG}run_kind": "train"}
     with mlflow.start_run(experiment_id=experiment_id(settings, task_name), run_name=f"train-{arm}", tags=tags) as run:
-        mlflow.log_params({**hp, "epochs": tp.train.epochs, "patience": tp.train.patience})
+        log_params({**hp, "epochs": tp.train.epochs, "patience": tp.train.patience})
         train_x, train_y = load_array(prepared_dir, "train", "x"), load_array(prepared_dir, "train", "y")
         prepared_md5 = tags[f"{TAG}data.prepared_md5"]
         log_dataset(train_x, train_y, f"{task_name}-train", str(prepared_dir), prepared_md5, "training")
@@ -180,7 +180,7 @@ def _train_arm(
             bar = progress.add_task(f"train {task_name}/{arm}", total=cfg.epochs, metric="")
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-                mlflow.log_metrics(metrics, step=epoch)
+                log_metrics(metrics, step=epoch)
                 value = f"{exp.objective.metric}={metrics[exp.objective.metric]:.4f}"
                 progress.update(bar, advance=1, metric=value)
                 if not show_progress:
@@ -196,11 +196,14 @@ def _train_arm(
                 on_epoch=on_epoch,
             )
         checkpoint.unlink(missing_ok=True)
-        mlflow.log_metrics({f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch})
+        # At the kept epoch's step, beside that epoch's metrics: the logged model (below) is linked to that step.
+        best = {f"best_{exp.objective.metric}": result.best_value, "best_epoch": result.best_epoch}
+        log_metrics(best, step=result.best_epoch)
         spec = capabilities.calibrate(task, model, spec, prepared_dir, tp)
         arm_dir = out_dir / arm
         save_model_dir(arm_dir, model, spec)
-        info = log_pyfunc(arm_dir, task.example_input(prepared_dir))
+        # The model holds the best epoch's weights (``fit`` restores them): its metrics are that epoch's.
+        info = log_pyfunc(arm_dir, task.example_input(prepared_dir), step=result.best_epoch)
         digest = weights_digest(arm_dir)
         mlflow.set_tag(WEIGHTS_TAG, digest)  # how evaluate and register find this run (train_run_for)
         history_dir.mkdir(parents=True, exist_ok=True)

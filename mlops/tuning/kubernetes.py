@@ -627,7 +627,7 @@ def run_kubernetes_sweeps(
     import mlflow
 
     from mlops.tracking.runs import connect
-    from mlops.tuning.sweep import open_study, summarize_study
+    from mlops.tuning.sweep import link_parent_run, open_study, summarize_study
 
     cluster = cluster or cluster_params(params)
     template = load_template(settings.k8s_job_template)
@@ -658,6 +658,8 @@ def run_kubernetes_sweeps(
         )
         for plan in plans
     }
+    for plan in plans:  # the dashboard's way from a study to its MLflow parent run
+        link_parent_run(studies[plan.arm], plan.job.parent_run_id)
     finished_ok = False
     try:
         for plan in plans:

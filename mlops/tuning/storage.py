@@ -57,6 +57,12 @@ def make_storage(
         ) from exc
 
 
+def dashboard_storage(url: str) -> str:
+    """What ``optuna-dashboard`` takes to open the storage at ``url``: a journal's bare file path (the dashboard opens
+    an existing file as a journal; it does not know this platform's ``journal:`` prefix), an RDB URL as it is."""
+    return url.removeprefix("journal:") if url.startswith("journal:") else url
+
+
 def retry_callback(max_retry: int | None) -> StaleTrialCallback:
     """Optuna's retry of a stale trial: a WAITING copy (same params, intermediate values kept).
 

@@ -28,8 +28,9 @@ from mlops.fit.loop import FitConfig, fit, seed_everything
 from mlops.params import Params, experiment_digest
 from mlops.settings import Settings
 from mlops.tasks import get_task
+from mlops.tracking import runs as tracking
 from mlops.tracking.lineage import TAG, dvc_hash, lineage_tags
-from mlops.tracking.runs import connect, experiment_id
+from mlops.tracking.runs import connect, experiment_id, run_url
 from mlops.tuning.generations import YIELDED, GenerationPruner, GenerationSampler, Ledger, logical_table
 from mlops.tuning.space import make_pruner, make_sampler, monitored_metric, suggest
 from mlops.tuning.storage import is_server_database, make_storage, retried_trial_number, retry_callback, retry_history
@@ -42,6 +43,17 @@ ROOT_TAG = "optuna.root_trial"
 LOGICAL_TAG = f"{TAG}trial"
 #: seconds between looks at the storage while a worker waits for a generation to settle
 POLL_S = 0.5
+#: MLflow tag of a trial's run: Optuna's final state of the trial (COMPLETE, PRUNED, FAIL)
+STATE_TAG = "optuna.state"
+#: How a trial's final Optuna state shows in MLflow's runs table: the run's status and a suffix of its name. A pruned
+#: trial was stopped on purpose (KILLED), not finished; a failed one FAILED.
+RUN_ENDS = {"COMPLETE": ("FINISHED", ""), "PRUNED": ("KILLED", " (pruned)"), "FAIL": ("FAILED", " (failed)")}
+#: Optuna user attributes (the dashboard shows them on each trial and study): the MLflow run and, when the tracking
+#: URI is a server, its UI page
+RUN_ID_ATTR, RUN_URL_ATTR = "mlflow_run_id", "mlflow_run_url"
+#: Parameter importances are drawn from at least this many complete trials whose objective and parameters vary:
+#: fANOVA's forest over fewer points ranks noise (a 4-trial budget would show one parameter at ~100 %).
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
 class GenerationNotOpen(Exception):
@@ -145,8 +157,10 @@ def _close_trial_runs(study_name: str, root: int, state: str) -> None:
         client = mlflow.MlflowClient()
         for run in _trial_runs(study_name, root):
             if run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "optuna.state", state)
-                client.set_terminated(run.info.run_id, "FAILED")
+                status, suffix = RUN_ENDS[state]
+                client.set_tag(run.info.run_id, STATE_TAG, state)
+                client.set_tag(run.info.run_id, "mlflow.runName", run.info.run_name + suffix)
+                client.set_terminated(run.info.run_id, status)
     except Exception as exc:  # the study must go on even when the tracking server hiccups
         warnings.warn(f"could not close the MLflow run of trial {root} of {study_name}: {exc}", stacklevel=2)
 
@@ -164,7 +178,7 @@ def open_study(job: SweepJob, exp: Experiment, worker_seed: int, settings: Setti
         pruner = GenerationPruner(make_pruner(exp.pruner), size)
     else:
         sampler, pruner = make_sampler(exp.sampler, worker_seed), make_pruner(exp.pruner)
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=sweep_storage(job.storage_url, settings or Settings()),
         study_name=job.study_name,
         direction=exp.objective.direction,
@@ -172,6 +186,23 @@ def open_study(job: SweepJob, exp: Experiment, worker_seed: int, settings: Setti
         pruner=pruner,
         load_if_exists=True,
     )
+    # The objective's name (the dashboard and trials_dataframe show it instead of "Objective 0"). A study attribute:
+    # no sampler or pruner reads it. Written once; later openers find it set.
+    if study.metric_names != [exp.objective.metric]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2
+            study.set_metric_names([exp.objective.metric])
+    return study
+
+
+def link_run(target: optuna.Study | optuna.Trial, run_id: str, experiment: str) -> None:
+    """User attributes of a study (its sweep's parent run) or trial (its child run) that lead to the MLflow run:
+    the run id, and the UI page when the tracking URI is a server (:func:`run_url`). Nothing an objective, sampler
+    or pruner reads."""
+    target.set_user_attr(RUN_ID_ATTR, run_id)
+    url = run_url(run_id, experiment)
+    if url:
+        target.set_user_attr(RUN_URL_ATTR, url)
 
 
 def max_retry(job: SweepJob, settings: Settings) -> int | None:
@@ -201,8 +232,9 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
     train, val = task.dataset(prepared, "train"), task.dataset(prepared, "val")
     monitor, mode = monitored_metric(exp)
     retries = max_retry(job, settings)
+    log = tracking  # every value goes through the tracking module's rounding
     if not job.track:
-        mlflow, tags, exp_id = _Untracked(), {}, ""
+        mlflow, log, tags, exp_id = _Untracked(), _Untracked(), {}, ""
     else:
         if job.lineage:
             tags = dict(job.lineage)
@@ -229,8 +261,10 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
         root = trial.number if root is None else root
         run = _start_trial_run(job, exp_id, tags, trial.number, root, number) if job.track else None
         try:
+            if run is not None:  # the dashboard's way from the trial to its MLflow run
+                link_run(trial, run.info.run_id, exp_id)
             if root == trial.number:
-                mlflow.log_params(hp)
+                log.log_params(hp)
             seed_everything(job.seed + number)  # initial weights follow the logical trial, not the worker's turn
             model, _ = task.build_model(hp, prepared)
             cfg = FitConfig.from_hparams(
@@ -238,7 +272,7 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
             )
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-                mlflow.log_metrics(metrics, step=epoch)
+                log.log_metrics(metrics, step=epoch)
                 trial.report(metrics[exp.objective.metric], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -247,24 +281,34 @@ def _objective(job: SweepJob, exp: Experiment, params: Params, settings: Setting
             if job.track:
                 _report_checkpointed_epochs(trial, this, checkpoint, exp.objective.metric)
             result = fit(task, model, train, val, cfg, checkpoint=checkpoint, on_epoch=on_epoch)
-            mlflow.log_metric(f"best_{exp.objective.metric}", result.best_value)
-            mlflow.set_tag("optuna.state", "COMPLETE")
-            mlflow.end_run("FINISHED")
+            log.log_metrics({f"best_{exp.objective.metric}": result.best_value})
+            _end_trial_run(mlflow, run, "COMPLETE")
             checkpoint.unlink(missing_ok=True)
             return result.best_value
         except optuna.TrialPruned:
-            mlflow.set_tag("optuna.state", "PRUNED")
-            mlflow.end_run("FINISHED")
+            _end_trial_run(mlflow, run, "PRUNED")
             checkpoint.unlink(missing_ok=True)  # final state: on a shared cluster volume they add up
             raise
         except BaseException:
-            mlflow.set_tag("optuna.state", "FAIL")
-            mlflow.end_run("FAILED")
+            _end_trial_run(mlflow, run, "FAIL")
             raise
         finally:
             del run
 
     return objective
+
+
+def _end_trial_run(mlflow, run, state: str) -> None:
+    """End the active trial run as its Optuna ``state`` reads in the runs table: tag, status and a name suffix."""
+    status, suffix = RUN_ENDS[state]
+    mlflow.set_tag(STATE_TAG, state)
+    if suffix and run is not None:
+        mlflow.set_tag("mlflow.runName", run.info.run_name + suffix)
+    mlflow.end_run(status)
+
+
+def trial_run_name(arm: str, logical: int) -> str:
+    return f"{arm}-trial-{logical}"
 
 
 def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: int, root: int, logical: int):
@@ -275,11 +319,13 @@ def _start_trial_run(job: SweepJob, exp_id: str, tags: dict[str, str], number: i
         earlier = _trial_runs(job.study_name, root)
         if earlier:
             run = mlflow.start_run(run_id=earlier[0].info.run_id)
-            mlflow.set_tags({"optuna.trial_number": str(number), "optuna.retry_of": str(root)})
-            return run
+            # the earlier attempt's end (" (failed)") no longer holds: the run is this attempt's now
+            name = trial_run_name(job.arm, logical)
+            mlflow.set_tags({"optuna.trial_number": str(number), "optuna.retry_of": str(root), "mlflow.runName": name})
+            return mlflow.get_run(run.info.run_id)
     return mlflow.start_run(
         experiment_id=exp_id,
-        run_name=f"{job.arm}-trial-{logical}",
+        run_name=trial_run_name(job.arm, logical),
         parent_run_id=job.parent_run_id,
         tags={
             **tags,
@@ -310,7 +356,7 @@ def _report_checkpointed_epochs(trial: optuna.Trial, this: optuna.trial.FrozenTr
         epoch = int(row["epoch"])
         metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
         if epoch not in logged:
-            mlflow.log_metrics(metrics, step=epoch)
+            tracking.log_metrics(metrics, step=epoch)
         if epoch not in this.intermediate_values:
             trial.report(metrics[metric], epoch)
 
@@ -487,6 +533,8 @@ def enqueue_start(study: optuna.Study, exp: Experiment, arm: str) -> None:
 
 def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bool) -> SweepResult:
     study = open_study(job, exp, worker_seed=job.seed)
+    if job.track:
+        link_parent_run(study, job.parent_run_id)
     enqueue_start(study, exp, job.arm)
     if not heartbeats_enabled(job.storage_url, Settings()):
         _fail_stale_trials(study)  # with heartbeats, workers fail (and retry) only trials really dead
@@ -501,6 +549,14 @@ def _run_workers(job: SweepJob, exp: Experiment, workers: int, show_progress: bo
     if bad:
         raise RuntimeError(f"{len(bad)} sweep worker(s) failed (exit codes {bad}); see their output above")
     return summarize_study(study, exp, job.arm, job.parent_run_id, log=job.track)
+
+
+def link_parent_run(study: optuna.Study, parent_run_id: str) -> None:
+    """The study's user attributes lead to its sweep's MLflow parent run (:func:`link_run`)."""
+    import mlflow
+
+    if parent_run_id:
+        link_run(study, parent_run_id, mlflow.get_run(parent_run_id).info.experiment_id)
 
 
 def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: str, log: bool = True) -> SweepResult:
@@ -530,8 +586,18 @@ def summarize_study(study: optuna.Study, exp: Experiment, arm: str, parent_id: s
     )
     if not log:
         return result
-    mlflow.log_params({f"best.{k}": v for k, v in best["params"].items()})
-    mlflow.log_metrics(
+    # The best configuration under the very names the trials (child runs) and the train run log (``lr``, not
+    # ``best.lr``): MLflow's runs table then shows the parent's best in the same column as each trial's value, so the
+    # best can be compared with and sorted among its trials; the tags say the values are the best trial's.
+    tracking.log_params(result.best_params)
+    mlflow.set_tags({f"{TAG}params_from": "best trial", f"{TAG}best_trial": str(result.best_trial)})
+    note = (  # the run page's description
+        f"Optuna study `{study_name}`, arm `{arm}`: {result.n_complete} complete, {result.n_pruned} pruned, "
+        f"{result.n_failed} failed trials (each a child run; pruned ones KILLED). The parameters here are the best "
+        f"trial's: trial {result.best_trial}, {exp.objective.metric}={result.best_value:.4g}."
+    )
+    mlflow.set_tag("mlflow.note.content", note)
+    tracking.log_metrics(
         {
             f"best_{exp.objective.metric}": result.best_value,
             "n_complete": result.n_complete,
@@ -571,8 +637,27 @@ def _follow(study: optuna.Study, exp: Experiment, procs: list, show_progress: bo
         proc.join()
 
 
+def importance_skipped(study: optuna.Study) -> str | None:
+    """Why parameter importances would mislead for this study (None: draw them): too few complete trials, an
+    objective that never varied, or no parameter that did."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return f"{len(complete)} complete trials; importances need at least {MIN_TRIALS_FOR_IMPORTANCE}"
+    if len({t.value for t in complete}) < 2:
+        return "every complete trial has the same objective value"
+    names = {k for t in complete for k in t.params}
+    if not any(len({repr(t.params.get(name)) for t in complete}) > 1 for name in names):
+        return "no parameter took more than one value among the complete trials"
+    return None
+
+
+#: MLflow tag of a sweep's parent run when it has no importance plot: why
+IMPORTANCE_SKIPPED_TAG = f"{TAG}importance_skipped"
+
+
 def _log_study_plots(study: optuna.Study) -> None:
-    """Optuna's optimisation history and parameter importances, as images on the parent run."""
+    """Optuna's optimisation history and, when meaningful (:func:`importance_skipped`), parameter importances, as
+    images on the parent run. Without the importance plot the run says why (``IMPORTANCE_SKIPPED_TAG``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -585,14 +670,17 @@ def _log_study_plots(study: optuna.Study) -> None:
     ax = ovm.plot_optimization_history(study)
     mlflow.log_figure(ax.figure, "optuna/optimization_history.png")
     plt.close(ax.figure)
-    if len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= 2:
+    why = importance_skipped(study)
+    if why is None:
         try:
             ax = ovm.plot_param_importances(study)
-        except (RuntimeError, ValueError) as exc:  # e.g. every complete trial has the same value
-            mlflow.set_tag("optuna.importance_skipped", str(exc)[:250])
+        except (RuntimeError, ValueError) as exc:
+            why = str(exc)[:250]
         else:
             mlflow.log_figure(ax.figure, "optuna/param_importances.png")
             plt.close(ax.figure)
+    if why is not None:
+        mlflow.set_tag(IMPORTANCE_SKIPPED_TAG, why)
 
 
 def select_arm(results: dict[str, SweepResult], fixed: str | None = None) -> str:
