@@ -106,3 +106,47 @@ def test_sampler_draws_depend_on_the_logical_number_and_earlier_generations_only
 
     assert sample_trial_2([]) == sample_trial_2([0.95, 0.99, 0.01])
     assert trial_seed(42, 2) != trial_seed(42, 3) and trial_seed(42, 2) == trial_seed(42, 2)
+
+
+@pytest.mark.timeout(400)
+def test_arms_swept_side_by_side_make_the_studies_they_make_one_after_another(sweep_setup, tmp_path, monkeypatch):  # noqa: F811
+    """run_sweeps with two arms and two workers sweeps the arms at once (a process each, one worker each): every
+    arm's trials, values and best configuration equal a one-worker run's, and the two arms' sweeps overlap."""
+    import mlflow
+
+    from mlops.settings import Settings
+    from mlops.tracking.runs import connect
+    from mlops.tuning.storage import make_storage
+    from mlops.tuning.sweep import run_sweeps
+
+    params, prepared, report, exp_dir, raw = sweep_setup
+    exp = write_experiment(
+        exp_dir,
+        budget={"n_trials": 2, "epochs_per_trial": 1, "generation_size": 2},
+        arms={"custom_cnn": {"model": "custom_cnn"}, "alexnet": {"model": "alexnet"}},
+    )
+    outcomes = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("MLOPS_HOME", str(tmp_path / f"home-{workers}"))
+        settings = Settings()
+        results = run_sweeps(
+            "fume_hood", params, exp, settings, prepared, raw, report, workers, exp_dir, show_progress=False
+        )
+        storage = make_storage(settings.resolved_optuna_storage)
+        tables = {
+            arm: logical_table(optuna.load_study(study_name=r.study_name, storage=storage).get_trials())
+            for arm, r in results.items()
+        }
+        connect(settings)
+        spans = {
+            arm: (run.info.start_time, run.info.end_time)
+            for arm, run in ((a, mlflow.get_run(r.parent_run_id)) for a, r in results.items())
+        }
+        best = {arm: (r.best_trial, r.best_value, r.best_params) for arm, r in results.items()}
+        outcomes[workers] = (tables, best, spans)
+    assert set(outcomes[2][0]) == {"custom_cnn", "alexnet"}
+    assert outcomes[2][0] == outcomes[1][0] and outcomes[2][1] == outcomes[1][1]
+    (start_a, end_a), (start_b, end_b) = outcomes[2][2].values()
+    assert start_a < end_b and start_b < end_a, "the arms' sweeps ran side by side"
+    (start_a, end_a), (start_b, end_b) = outcomes[1][2].values()
+    assert end_a <= start_b, "one worker: one arm after the other"
