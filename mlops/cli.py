@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlops.terminal import table_console
+
 app = typer.Typer(
     help="MLOps platform: data, sweeps, training, registry and serving.",
     no_args_is_help=True,
@@ -27,7 +29,7 @@ console = Console(stderr=True)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read")]
 ExperimentsOpt = Annotated[Path, typer.Option("--experiments", help="folder of experiments/<task>.yaml")]
-PathOpt = functools.partial(typer.Option, help="path (given by dvc.yaml)")
+PathOpt = functools.partial(typer.Option, help="path (default: what dvc.yaml gives the stage)")
 
 
 def friendly(fn):
@@ -159,18 +161,20 @@ def data_validate(
 @friendly
 def data_prepare(
     task: str,
-    raw: Annotated[Path, PathOpt("--raw")] = ...,
-    validation: Annotated[Path, PathOpt("--validation")] = ...,
-    out: Annotated[Path, PathOpt("--out")] = ...,
+    raw: Annotated[Path | None, PathOpt("--raw")] = None,
+    validation: Annotated[Path | None, PathOpt("--validation")] = None,
+    out: Annotated[Path | None, PathOpt("--out")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Split by group and augment the training split (refuses data that failed validation)."""
     import shutil
 
     from mlops.params import load_params
+    from mlops.stage_paths import fill_paths
     from mlops.tasks import get_task
     from mlops.validation import require_valid
 
+    raw, validation, out = fill_paths("prepare", task, raw=raw, validation=validation, out=out)
     require_valid(validation)
     params = load_params(params_path)
     if out.exists():
@@ -191,23 +195,27 @@ class Backend(enum.StrEnum):
 @friendly
 def sweep(
     task: str,
-    data: Annotated[Path, PathOpt("--data")] = ...,
-    raw: Annotated[Path, PathOpt("--raw")] = ...,
-    validation: Annotated[Path, PathOpt("--validation")] = ...,
-    out: Annotated[Path, PathOpt("--out")] = ...,
+    data: Annotated[Path | None, PathOpt("--data")] = None,
+    raw: Annotated[Path | None, PathOpt("--raw")] = None,
+    validation: Annotated[Path | None, PathOpt("--validation")] = None,
+    out: Annotated[Path | None, PathOpt("--out")] = None,
     workers: Annotated[int | None, typer.Option(help="local worker processes (default: params sweep.workers)")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
     backend: Annotated[
         Backend, typer.Option(help="local worker processes, or one Kubernetes Job per arm (params cluster.sweep)")
     ] = Backend.local,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="kubernetes: print the Jobs, submit nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="kubernetes: print the Jobs, submit nothing", metavar="")
+    ] = False,
 ) -> None:
     """Optuna sweep on local worker processes or Kubernetes Jobs; resumes the same study when rerun."""
     from mlops.params import load_experiment, load_params
+    from mlops.stage_paths import fill_paths
     from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
+    data, raw, validation, out = fill_paths("sweep", task, data=data, raw=raw, validation=validation, out=out)
     if backend is Backend.local and dry_run:
         raise typer.BadParameter("--dry-run goes with --backend kubernetes")
     if backend is Backend.kubernetes and workers is not None:
@@ -252,25 +260,29 @@ def sweep(
 @friendly
 def train(
     task: str,
-    best: Annotated[Path, PathOpt("--best")] = ...,
-    data: Annotated[Path, PathOpt("--data")] = ...,
-    raw: Annotated[Path, PathOpt("--raw")] = ...,
-    validation: Annotated[Path, PathOpt("--validation")] = ...,
-    out: Annotated[Path, PathOpt("--out")] = ...,
-    history: Annotated[Path, typer.Option("--history", help="folder of per-arm epoch histories (CSV)")] = ...,
+    best: Annotated[Path | None, PathOpt("--best")] = None,
+    data: Annotated[Path | None, PathOpt("--data")] = None,
+    raw: Annotated[Path | None, PathOpt("--raw")] = None,
+    validation: Annotated[Path | None, PathOpt("--validation")] = None,
+    out: Annotated[Path | None, PathOpt("--out")] = None,
+    history: Annotated[Path | None, PathOpt("--history")] = None,
+    curves: Annotated[Path | None, PathOpt("--curves")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
 ) -> None:
     """Train each arm's best configuration and log it (pyfunc + lineage) to MLflow."""
     from mlops.params import load_experiment, load_params
+    from mlops.stage_paths import fill_paths
     from mlops.training.final import train_best
     from mlops.validation import require_valid
 
+    best, data, raw, validation, out, history, curves = fill_paths(
+        "train", task, best=best, data=data, raw=raw, validation=validation, out=out, history=history, curves=curves
+    )
     require_valid(validation)
     params = load_params(params_path)
-    records = train_best(
-        task, params, load_experiment(task, experiments), _settings(), best, data, raw, validation, out, history
-    )
+    exp = load_experiment(task, experiments)
+    records = train_best(task, params, exp, _settings(), best, data, raw, validation, out, history, curves)
     for arm, record in records.items():
         console.print(f"trained {task}/{arm}: run {record['run_id']}, model {record['model_uri']}")
 
@@ -279,21 +291,26 @@ def train(
 @friendly
 def evaluate(
     task: str,
-    model: Annotated[Path, PathOpt("--model")] = ...,
-    data: Annotated[Path, PathOpt("--data")] = ...,
-    out: Annotated[Path, PathOpt("--out")] = ...,
-    tables: Annotated[Path, PathOpt("--tables")] = ...,
-    metrics: Annotated[Path, PathOpt("--metrics")] = ...,
+    model: Annotated[Path | None, PathOpt("--model")] = None,
+    data: Annotated[Path | None, PathOpt("--data")] = None,
+    out: Annotated[Path | None, PathOpt("--out")] = None,
+    tables: Annotated[Path | None, PathOpt("--tables")] = None,
+    metrics: Annotated[Path | None, PathOpt("--metrics")] = None,
+    headline: Annotated[Path | None, PathOpt("--headline")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Test-split metrics, plots and explanations of every arm; logged to the training runs and DVC."""
     from mlops.fit.loop import deterministic_torch
     from mlops.params import load_params
+    from mlops.stage_paths import fill_paths
     from mlops.training.evaluate import evaluate_model
 
+    model, data, out, tables, metrics, headline = fill_paths(
+        "evaluate", task, model=model, data=data, out=out, tables=tables, metrics=metrics, headline=headline
+    )
     params = load_params(params_path)
     deterministic_torch(params.base.threads)  # as the final fit: the same numbers on every run
-    values = evaluate_model(task, params, _settings(), model, data, out, tables, metrics)
+    values = evaluate_model(task, params, _settings(), model, data, out, tables, metrics, headline)
     console.print_json(json.dumps(values))
 
 
@@ -322,7 +339,7 @@ def repeats(
 
     from mlops.params import load_experiment, load_params
     from mlops.tracking.lineage import TAG, dvc_hash, git_commit
-    from mlops.tracking.runs import connect, experiment_id
+    from mlops.tracking.runs import connect, experiment_id, log_metrics, log_params
     from mlops.training.repeats import parse_vary, plan_jobs, run_repeats
     from mlops.tuning.space import monitored_metric
     from mlops.tuning.sweep import read_sweeps
@@ -351,13 +368,13 @@ def repeats(
         f"{TAG}data.prepared_md5": dvc_hash(data),
     }
     with mlflow.start_run(experiment_id=experiment_id(settings, task), run_name=f"repeats-{mode}", tags=tags):
-        mlflow.log_params({"mode": mode, "vary": vary or "", "seeds": seeds, "epochs": summary["epochs"]})
+        log_params({"mode": mode, "vary": vary or "", "seeds": seeds, "epochs": summary["epochs"]})
         means = {
             f"{config}.{arm}.mean_{metric}".replace("=", "_"): stats["mean"]
             for config, block in summary["configs"].items()
             for arm, stats in block["arms"].items()
         }
-        mlflow.log_metrics(means)
+        log_metrics(means)
         mlflow.log_artifacts(str(out), "repeats")
     for config, block in {**summary["configs"], "pooled": summary["pooled"]}.items():
         arms = ", ".join(f"{a} {s['mean']:.3f}±{s['std'] or 0:.3f}" for a, s in block["arms"].items())
@@ -382,7 +399,7 @@ def findings(
         "README.md"
     ),
     page_only: Annotated[
-        bool, typer.Option("--page-only", help="rewrite the page from the runs already there")
+        bool, typer.Option("--page-only", help="rewrite the page from the runs already there", metavar="")
     ] = False,
     params_path: ParamsOpt = Path("params.yaml"),
     experiments: ExperimentsOpt = Path("experiments"),
@@ -444,15 +461,17 @@ def findings(
 @friendly
 def register(
     task: str,
-    model: Annotated[Path, PathOpt("--model")] = ...,
-    metrics: Annotated[Path, PathOpt("--metrics")] = ...,
-    out: Annotated[Path, PathOpt("--out")] = ...,
+    model: Annotated[Path | None, PathOpt("--model")] = None,
+    metrics: Annotated[Path | None, PathOpt("--metrics")] = None,
+    out: Annotated[Path | None, PathOpt("--out")] = None,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register a version; alias `challenger` when it meets the gates in params.yaml."""
     from mlops.params import load_params
     from mlops.registry.register import register_model
+    from mlops.stage_paths import fill_paths
 
+    model, metrics, out = fill_paths("register", task, model=model, metrics=metrics, out=out)
     reg = register_model(task, load_params(params_path), _settings(), model, metrics, out)
     if reg.challenger:
         console.print(f"registered {task} v{reg.version} as challenger")
@@ -476,7 +495,7 @@ _register_groups()
 @registry_app.command("status")
 @friendly
 def registry_status(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output", metavar="")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Champion and challenger of every task, with gated metrics, data version and validation; flags aliases moved
@@ -528,7 +547,7 @@ def registry_status(
             str(r.get("champion_promoted_by") or "-"),
             "not checked" if r["problems"] is None else ("[bold red]MOVED/BROKEN[/]" if r["problems"] else "ok"),
         )
-    Console().print(table)
+    table_console().print(table)
     for r in rows:
         for p in r["problems"] or ():
             console.print(f"[bold red]INCONSISTENT:[/] {p}", soft_wrap=True)
@@ -549,8 +568,8 @@ def registry_promote(
     version: Annotated[str, typer.Argument(help="version number or alias (e.g. challenger)")],
     approver: Annotated[str, typer.Option(help="who approves this release")] = ...,
     reason: Annotated[str, typer.Option(help="why")] = ...,
-    force: Annotated[bool, typer.Option(help="promote despite failed gates (recorded as forced)")] = False,
-    if_no_champion: Annotated[bool, typer.Option(help="only when the task has no champion yet")] = False,
+    force: Annotated[bool, typer.Option(help="promote despite failed gates (recorded as forced)", metavar="")] = False,
+    if_no_champion: Annotated[bool, typer.Option(help="only when the task has no champion yet", metavar="")] = False,
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Move alias `champion` to VERSION when every gate holds; says which gate failed otherwise."""
@@ -586,7 +605,7 @@ def registry_rollback(
 def registry_history(
     task: str,
     at: Annotated[str | None, typer.Option(help="ISO time: who was champion then")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="")] = False,
 ) -> None:
     """Every alias move (from, to, who, when, why, gates, forced); `--at` answers who was champion then."""
     from mlops.registry.release import event_json, history
@@ -616,7 +635,7 @@ def registry_history(
             "yes" if e.forced else "",
             summary,
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @registry_app.command("verify")

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlops.terminal import table_console
+
 KeyOpt = Annotated[str, typer.Option("--key", envvar="MLOPS_API_KEY", help="your steward API key")]
 
 
@@ -72,7 +74,7 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
 
     @keys_app.command("list")
     @friendly
-    def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    def keys_list(as_json: Annotated[bool, typer.Option("--json", metavar="")] = False) -> None:
         """Every key: id, member, role, created, revoked (never the key itself)."""
         from mlops.members.keys import KeyStore
 
@@ -85,14 +87,14 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
             table.add_column(col)
         for r in rows:
             table.add_row(r["key_id"], r["name"], r["role"], r["created_at"], r["created_by"], r["revoked_at"] or "")
-        Console().print(table)
+        table_console().print(table)
 
     @keys_app.command("log")
     @friendly
     def keys_log(
         member: Annotated[str | None, typer.Option(help="only this member's calls")] = None,
         limit: int = 50,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", metavar="")] = False,
     ) -> None:
         """The request log: who called which route, for which task and version, with what result."""
         from mlops.members.requestlog import RequestLog
@@ -118,14 +120,14 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
                 str(r["upload_bytes"] or ""),
                 (r["upload_sha256"] or "")[:12],
             )
-        Console().print(table)
+        table_console().print(table)
 
     @review_app.command("list")
     @friendly
     def review_list(
         task: Annotated[str | None, typer.Option(help="only this task")] = None,
         status: Annotated[str, typer.Option(help="pending | accepted | rejected | all")] = "pending",
-        as_json: Annotated[bool, typer.Option("--json")] = False,
+        as_json: Annotated[bool, typer.Option("--json", metavar="")] = False,
     ) -> None:
         """Contributions waiting for review (or with another status)."""
         items = _queue().list(task, None if status == "all" else status)
@@ -147,7 +149,7 @@ def add_commands(app: Any, data_app: Any, friendly: Any, console: Console) -> No
                 c.status,
                 c.reviewed_by or "",
             )
-        Console().print(table)
+        table_console().print(table)
 
     @review_app.command("show")
     @friendly

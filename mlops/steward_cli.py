@@ -28,19 +28,26 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
     @friendly
     def data_check(
         task: str,
-        raw: Annotated[Path, typer.Option("--raw", help="the task's raw data folder (from dvc.yaml)")] = ...,
-        report: Annotated[Path, typer.Option("--report", help="validation report to write (from dvc.yaml)")] = ...,
+        raw: Annotated[
+            Path | None, typer.Option("--raw", help="the task's raw data folder (default: dvc.yaml's)")
+        ] = None,
+        report: Annotated[
+            Path | None, typer.Option("--report", help="validation report to write (default: dvc.yaml's)")
+        ] = None,
         history: Annotated[
-            Path, typer.Option("--history", help="folder of per-version results and Data Docs (from dvc.yaml)")
-        ] = ...,
+            Path | None,
+            typer.Option("--history", help="folder of per-version results and Data Docs (default: dvc.yaml's)"),
+        ] = None,
         params_path: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
     ) -> None:
         """The validate stage: data must be the version DVC recorded; suite + drift bounds; kept per version."""
         from mlops.data.integrity import require_unchanged
         from mlops.params import load_params
+        from mlops.stage_paths import fill_paths
         from mlops.tasks import get_task
         from mlops.validation import validate_dataset
 
+        raw, report, history = fill_paths("validate", task, raw=raw, report=report, history=history)
         require_unchanged(ROOT, _rel(raw))
         params = load_params(params_path)
         result = validate_dataset(get_task(task), raw, params.task(task), history=history)
@@ -58,7 +65,7 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         folders: Annotated[
             list[Path] | None, typer.Argument(help="data folders (default: each task folder of every *.dvc out)")
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output", metavar="")] = False,
     ) -> None:
         """Which data folders differ from the version their *.dvc file records (exit 1 if any)."""
         from mlops.data.integrity import status
@@ -78,16 +85,22 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
     @friendly
     def data_verify(
         rev: Annotated[str | None, typer.Option(help="git revision whose data.dvc/dvc.lock to check")] = None,
-        remote: Annotated[bool, typer.Option(help="also re-hash the objects in the default DVC remote")] = True,
-        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+        remote: Annotated[
+            bool, typer.Option(help="also re-hash the objects in the default DVC remote", metavar="")
+        ] = True,
+        as_json: Annotated[bool, typer.Option("--json", help="machine-readable output", metavar="")] = False,
     ) -> None:
         """Re-hash every object of a recorded version in the local cache and the remote; exit 1 if one is corrupt."""
         from mlops.data.integrity import verify_cache, verify_remote
-        from mlops.data.versions import recorded_versions
+        from mlops.data.versions import recorded_versions, uncached_outs
 
-        outs = recorded_versions(ROOT, rev)
-        if not outs:
+        recorded = recorded_versions(ROOT, rev)
+        if not recorded:
             raise ValueError(f"no *.dvc file or dvc.lock records any data{f' at {rev}' if rev else ''}")
+        # Reports, metrics and plots (cache: false) live in git: the cache never holds them, so they are not missing.
+        uncached = uncached_outs(ROOT, rev)
+        outs = {path: md5 for path, md5 in recorded.items() if path not in uncached}
+        skipped = sorted(set(recorded) - set(outs))
         checks = [verify_cache(ROOT, outs)]
         if remote:
             found = verify_remote(ROOT, outs)
@@ -97,6 +110,10 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
                 checks.append(found)
         if as_json:
             sys.stdout.write(json.dumps([c.to_json() for c in checks], indent=2) + "\n")
+        elif skipped:
+            console.print(
+                f"{len(skipped)} outputs kept in git, not in the cache (dvc.yaml `cache: false`): not checked"
+            )
         for c in checks if not as_json else []:
             console.print(f"{c.store}: {c.checked} objects checked, {len(c.missing)} missing, {len(c.corrupt)} corrupt")
             for line in c.corrupt:
@@ -117,7 +134,7 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
         out: Annotated[
             Path | None, typer.Option("--out", help="HTML report (default reports/<task>/audit.html)")
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="print the audit as JSON too")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print the audit as JSON too", metavar="")] = False,
         params_path: Annotated[Path, typer.Option("--params")] = Path("params.yaml"),
     ) -> None:
         """HTML report of every version of TASK's data: validation, changes, runs and models that used it."""

@@ -27,8 +27,20 @@ def test_repro_runs_every_stage_then_does_no_work(pipeline_repo):
         assert (repo / f"reports/fume_hood/history/{arm}.csv").is_file()
     comparison = (repo / "reports/fume_hood/tables/comparison.csv").read_text()
     assert comparison.startswith("arm,") and "alexnet" in comparison
-    shown = run(["dvc", "metrics", "show", "--json"], repo, pipeline_repo["env"]).stdout
-    assert "test_accuracy" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, pipeline_repo["env"]).stdout)
+    [listed] = [entry["data"] for entry in shown.values()]
+    # DVC lists the headline only: the gated metrics with their intervals, named by task (not ~100 bare names)
+    assert list(listed) == ["reports/fume_hood/headline.json"]
+    headline = listed["reports/fume_hood/headline.json"]["data"]
+    assert set(headline) == {"fume_hood"}
+    gated = ("test_accuracy", "test_within_one_accuracy")
+    assert set(headline["fume_hood"]) == {f"{m}{end}" for m in gated for end in ("", "_ci_low", "_ci_high")}
+    assert headline["fume_hood"]["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    # the arms' learning curves: one chart, a line per arm, named in the legend (.dvc/plots/arms.json)
+    drawn = json.loads(run(["dvc", "plots", "show", "--json"], repo, pipeline_repo["env"]).stdout)["data"]
+    [chart] = drawn["reports/fume_hood/curves.csv"]
+    assert chart["content"]["encoding"]["color"]["field"] == "arm"
+    assert {point["arm"] for point in chart["content"]["data"]["values"]} == arms
 
 
 def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo, monkeypatch):
@@ -107,7 +119,8 @@ def test_promote_then_status(pipeline_repo):
     run(["mlops", "registry", "promote", "fume_hood", "challenger", "--approver", "rm", "--reason", "first"], repo, env)
     status = json.loads(run(["mlops", "registry", "status", "--json"], repo, env).stdout)
     row = next(r for r in status if r["task"] == "fume_hood")
-    assert row["champion"] == row["challenger"] == challenger
+    # promoting the challenger's version moves `champion` there and clears `challenger` (docs: aliases)
+    assert row["champion"] == challenger and row["challenger"] is None
     assert row["champion_promoted_by"] == "rm"
 
 

@@ -174,6 +174,10 @@ def test_verify_finds_corrupt_objects_in_the_cache_and_the_remote(steward_repo, 
     ok = run(["mlops", "data", "verify", "--json"], repo, env)
     checks = json.loads(ok.stdout)
     assert [c["corrupt"] for c in checks] == [[], []] and all(c["checked"] > 40 for c in checks)
+    # the validate stage's report is `cache: false` in dvc.yaml: in git, never in the cache, so never "missing"
+    assert checks[0]["missing"] == [], checks[0]["missing"]
+    said = run(["mlops", "data", "verify"], repo, env).stderr
+    assert "outputs kept in git, not in the cache (dvc.yaml `cache: false`): not checked" in said
 
     listing = {e["relpath"]: e["md5"] for e in _dir_listing(repo)}
     rel = f"{TASK}/labels.csv"

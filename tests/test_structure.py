@@ -40,12 +40,12 @@ CORE = (
 TASK_PY_MAX_LINES = 200
 #: the layers, bottom first: a module may import its own layer and the ones below, never one above
 LAYERS = (
-    ("runtime", "config", "settings", "stats"),
+    ("runtime", "config", "settings", "stats", "terminal"),
     ("data",),
     ("validation", "inference"),
     ("tracking",),
     ("tasks",),
-    ("params", "fit"),
+    ("params", "stage_paths", "fit"),
     ("tuning",),
     ("training",),
     ("registry", "findings"),

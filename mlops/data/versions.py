@@ -140,6 +140,33 @@ def recorded_versions(root: Path, rev: str | None) -> dict[str, str]:
     return found
 
 
+def uncached_outs(root: Path, rev: str | None) -> set[str]:
+    """Outputs dvc.yaml declares with ``cache: false`` (reports, metrics, plots): kept in git, never in the cache.
+
+    A ``foreach`` stage's ``${key}``/``${item}`` expand over params.yaml ``tasks`` (at ``rev`` when given).
+    """
+
+    def text(name: str) -> str | None:
+        if rev is not None:
+            return show(root, rev, name)
+        return (root / name).read_text() if (root / name).is_file() else None
+
+    stages = (yaml.safe_load(text("dvc.yaml") or "") or {}).get("stages", {})
+    tasks = (yaml.safe_load(text("params.yaml") or "") or {}).get("tasks", {}) or {}
+    found: set[str] = set()
+    for definition in stages.values():
+        body = definition.get("do", definition)
+        items = tasks.items() if "foreach" in definition else [("", "")]
+        for section in ("outs", "metrics", "plots"):
+            for entry in body.get(section, []) or []:
+                if not isinstance(entry, dict):
+                    continue
+                for path, options in entry.items():
+                    if isinstance(options, dict) and options.get("cache") is False:
+                        found |= {path.replace("${key}", k).replace("${item}", str(i)).rstrip("/") for k, i in items}
+    return found
+
+
 # --- git -------------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from mlops.params import Params
 from mlops.settings import Settings
 from mlops.tasks import capabilities, get_task, load_model_dir
-from mlops.tracking.runs import connect
+from mlops.tracking.runs import connect, log_metrics
 from mlops.training.final import arm_dirs, selected_arm_dir, train_run_for
 from mlops.training.scoring import differences, evaluate_sealed, with_intervals
 
@@ -40,8 +41,10 @@ def evaluate_model(
     out_dir: Path,
     tables_dir: Path,
     metrics_path: Path,
+    headline_path: Path | None = None,
 ) -> dict:
-    """Evaluate every arm: images under ``out_dir/<arm>/``, CSV tables under ``tables_dir``."""
+    """Evaluate every arm: images under ``out_dir/<arm>/``, CSV tables under ``tables_dir``; the selected arm's
+    gated metrics, named by task, in ``headline_path`` (the file DVC lists, see :func:`headline`)."""
     import mlflow
 
     task = get_task(task_name)
@@ -65,7 +68,7 @@ def evaluate_model(
         for name, table in {**evaluation.tables, CASES: evaluation.cases}.items():
             table.to_csv(tables_dir / f"{name}-{arm}.csv", index=False)
         with mlflow.start_run(run_id=run_ids[arm]):
-            mlflow.log_metrics({k: v for k, v in per_arm[arm].items() if v is not None})
+            log_metrics({k: v for k, v in per_arm[arm].items() if v is not None})
             for path in evaluation.images.values():
                 mlflow.log_artifact(str(path), "evaluation")
             for name in [*evaluation.tables, CASES]:
@@ -89,6 +92,8 @@ def evaluate_model(
     differences_table.to_csv(tables_dir / "arm_differences.csv", index=False)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    if headline_path is not None:
+        headline_path.write_text(json.dumps(headline(task_name, metrics, section.gates.tolerance), indent=2))
     for run_id in run_ids.values():  # every run carries the whole comparison
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(tables_dir / "comparison.csv"), "evaluation")
@@ -96,3 +101,19 @@ def evaluate_model(
             for path in figures.values():
                 mlflow.log_artifact(str(path), "evaluation/comparison")
     return metrics
+
+
+def headline(task_name: str, metrics: dict, gated: Iterable[str]) -> dict[str, dict[str, float]]:
+    """``{task: {metric, metric_ci_low, metric_ci_high}}`` for each gated metric of the selected arm.
+
+    What `dvc metrics show` and `dvc exp show` list: every task's metrics.json holds ~100 numbers (each arm's, each
+    paired difference's) whose names repeat across tasks, which made DVC's tables hundreds of columns wide and
+    unreadable. The gated metrics are what a promotion rests on; nested under the task, DVC names them
+    ``fume_hood.test_accuracy``. The whole record stays in metrics.json (MLflow, cards, the registry read it).
+    """
+    picked = {}
+    for name in sorted(gated):
+        for key in (name, f"{name}_ci_low", f"{name}_ci_high"):
+            if metrics.get(key) is not None:
+                picked[key] = round(float(metrics[key]), 6)
+    return {task_name: picked}

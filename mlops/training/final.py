@@ -100,8 +100,12 @@ def train_best(
     validation_report: Path,
     out_dir: Path,
     history_dir: Path,
+    curves_path: Path | None = None,
 ) -> dict[str, dict]:
-    """Train every arm; return run info per arm (run id, model URI, weights digest: printed, not written)."""
+    """Train every arm; return run info per arm (run id, model URI, weights digest: printed, not written).
+
+    ``curves_path``: every arm's epoch history in one long table (an ``arm`` column), which DVC draws as one chart
+    with a line per arm (template ``.dvc/plots/arms.json``)."""
     sweeps = read_sweeps(best_path)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -129,6 +133,10 @@ def train_best(
             }
             records = {arm: job.result() for arm, job in jobs.items()}
     (out_dir / SELECTED_FILE).write_text(json.dumps({"arm": sweeps["selected"]}))
+    if curves_path is not None:
+        curves = [pd.read_csv(history_dir / f"{arm}.csv").assign(arm=arm) for arm in arms]
+        curves_path.parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(curves, ignore_index=True).to_csv(curves_path, index=False)
     return records
 
 

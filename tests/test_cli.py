@@ -1,0 +1,79 @@
+"""The CLI as a user at a shell meets it: stage paths from dvc.yaml, tables whole in a pipe, flags without a type."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mlops.cli import app
+from mlops.stage_paths import StagePathsError, fill_paths, stage_options
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(120)
+
+
+def _cmd_options(stage: str, task: str) -> dict[str, str]:
+    """What dvc.yaml's command line says, read independently of stage_options."""
+    definition = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["do"]["cmd"]
+    tokens = shlex.split(definition.replace("${key}", task))
+    return {t[2:]: v for t, v in zip(tokens, tokens[1:], strict=False) if t.startswith("--")}
+
+
+@pytest.mark.parametrize("stage", ["validate", "prepare", "sweep", "train", "evaluate", "register"])
+def test_every_stage_path_comes_from_dvc_yaml(stage, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    options = stage_options(stage, "gas_leak")
+    expected = _cmd_options(stage, "gas_leak")
+    assert options == expected
+    assert all("${" not in value for value in options.values())
+    names = [name for name in options if name not in ("params", "experiments")]
+    filled = fill_paths(stage, "gas_leak", **dict.fromkeys(names))
+    assert filled == [Path(expected[name]) for name in names]
+
+
+def test_a_path_given_on_the_command_line_wins_and_a_missing_dvc_yaml_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    data, out = fill_paths("sweep", "fume_hood", data=Path("elsewhere"), out=None)
+    assert data == Path("elsewhere") and out == Path("reports/fume_hood/best_params.json")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StagePathsError, match="dvc.yaml not found: run from the repository root"):
+        fill_paths("sweep", "fume_hood", data=None)
+    assert fill_paths("sweep", "fume_hood", data=Path("given")) == [Path("given")], "nothing to fill: no dvc.yaml read"
+
+
+def test_an_unknown_stage_or_task_is_refused_with_what_exists(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(StagePathsError, match="no stage 'sweeps'; stages: validate, prepare, sweep"):
+        stage_options("sweeps", "fume_hood")
+    with pytest.raises(StagePathsError, match="'nope' is not in params.yaml `tasks`"):
+        stage_options("sweep", "nope")
+
+
+def test_the_cli_names_what_dvc_yaml_lacks_instead_of_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["register", "fume_hood"])
+    assert result.exit_code == 2
+    assert "dvc.yaml not found" in result.output and "Traceback" not in result.output
+
+
+def test_a_table_written_to_a_pipe_keeps_its_cells_whole():
+    """Rich cuts to 80 columns when stdout is not a terminal; table_console does not."""
+    cell = "fume_hood-" + "x" * 150
+    code = (
+        "from rich.table import Table\nfrom mlops.terminal import table_console\n"
+        f"t = Table('task', 'version')\nt.add_row({cell!r}, '12')\ntable_console().print(t)\n"
+    )
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert cell in piped.stdout
+
+
+def test_flags_show_no_type_in_help():
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    line = next(line for line in result.output.splitlines() if "--dry-run" in line)
+    assert "<bool>" not in line and "print the Jobs" in line
