@@ -555,13 +555,23 @@ def test_mlflow_server_webhook_moves_the_served_version(service, tmp_path):
     db = Path(env["MLOPS_HOME"]) / "mlflow.db"
     # Its own process group and a log file: the server forks workers, stopped with it by stop_process.
     mlflow_server = start_process(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--port", str(port)],
+        # One worker: four (the default) importing MLflow at once on 2 busy cores took 100 s to answer.
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
         tmp_path,
         env,
         tmp_path / "mlflow-server.log",
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}", mlflow_server, "/health")
+        wait_ready(f"http://127.0.0.1:{port}", mlflow_server, "/health", seconds=240)
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
         client.create_webhook(
             name="mlops-service",
