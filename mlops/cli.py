@@ -169,8 +169,8 @@ def data_prepare(
     """Split by group and augment the training split (refuses data that failed validation)."""
     import shutil
 
+    from mlops.data.stages import fill_paths
     from mlops.params import load_params
-    from mlops.stage_paths import fill_paths
     from mlops.tasks import get_task
     from mlops.validation import require_valid
 
@@ -210,8 +210,8 @@ def sweep(
     ] = False,
 ) -> None:
     """Optuna sweep on local worker processes or Kubernetes Jobs; resumes the same study when rerun."""
+    from mlops.data.stages import fill_paths
     from mlops.params import load_experiment, load_params
-    from mlops.stage_paths import fill_paths
     from mlops.tuning.sweep import run_sweeps, select_arm, write_sweeps
     from mlops.validation import require_valid
 
@@ -271,8 +271,8 @@ def train(
     experiments: ExperimentsOpt = Path("experiments"),
 ) -> None:
     """Train each arm's best configuration and log it (pyfunc + lineage) to MLflow."""
+    from mlops.data.stages import fill_paths
     from mlops.params import load_experiment, load_params
-    from mlops.stage_paths import fill_paths
     from mlops.training.final import train_best
     from mlops.validation import require_valid
 
@@ -300,9 +300,9 @@ def evaluate(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Test-split metrics, plots and explanations of every arm; logged to the training runs and DVC."""
+    from mlops.data.stages import fill_paths
     from mlops.fit.loop import deterministic_torch
     from mlops.params import load_params
-    from mlops.stage_paths import fill_paths
     from mlops.training.evaluate import evaluate_model
 
     model, data, out, tables, metrics, headline = fill_paths(
@@ -467,9 +467,9 @@ def register(
     params_path: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register a version; alias `challenger` when it meets the gates in params.yaml."""
+    from mlops.data.stages import fill_paths
     from mlops.params import load_params
     from mlops.registry.register import register_model
-    from mlops.stage_paths import fill_paths
 
     model, metrics, out = fill_paths("register", task, model=model, metrics=metrics, out=out)
     reg = register_model(task, load_params(params_path), _settings(), model, metrics, out)

@@ -42,8 +42,8 @@ def add_commands(data_app: Any, friendly: Any, console: Any) -> None:
     ) -> None:
         """The validate stage: data must be the version DVC recorded; suite + drift bounds; kept per version."""
         from mlops.data.integrity import require_unchanged
+        from mlops.data.stages import fill_paths
         from mlops.params import load_params
-        from mlops.stage_paths import fill_paths
         from mlops.tasks import get_task
         from mlops.validation import validate_dataset
 

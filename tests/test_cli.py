@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mlops.cli import app
-from mlops.stage_paths import StagePathsError, fill_paths, stage_options
+from mlops.data.stages import StageNotFound, fill_paths, stage_options, task_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -28,13 +28,11 @@ def _cmd_options(stage: str, task: str) -> dict[str, str]:
 @pytest.mark.parametrize("stage", ["validate", "prepare", "sweep", "train", "evaluate", "register"])
 def test_every_stage_path_comes_from_dvc_yaml(stage, monkeypatch):
     monkeypatch.chdir(ROOT)
-    options = stage_options(stage, "gas_leak")
     expected = _cmd_options(stage, "gas_leak")
-    assert options == expected
-    assert all("${" not in value for value in options.values())
-    names = [name for name in options if name not in ("params", "experiments")]
+    names = [name for name in expected if name not in ("params", "experiments")]
     filled = fill_paths(stage, "gas_leak", **dict.fromkeys(names))
     assert filled == [Path(expected[name]) for name in names]
+    assert all("${" not in str(path) for path in filled)
 
 
 def test_a_path_given_on_the_command_line_wins_and_a_missing_dvc_yaml_is_named(tmp_path, monkeypatch):
@@ -42,24 +40,26 @@ def test_a_path_given_on_the_command_line_wins_and_a_missing_dvc_yaml_is_named(t
     data, out = fill_paths("sweep", "fume_hood", data=Path("elsewhere"), out=None)
     assert data == Path("elsewhere") and out == Path("reports/fume_hood/best_params.json")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StagePathsError, match="dvc.yaml not found: run from the repository root"):
+    with pytest.raises(FileNotFoundError, match="dvc.yaml is missing: run from the project root"):
         fill_paths("sweep", "fume_hood", data=None)
     assert fill_paths("sweep", "fume_hood", data=Path("given")) == [Path("given")], "nothing to fill: no dvc.yaml read"
 
 
 def test_an_unknown_stage_or_task_is_refused_with_what_exists(monkeypatch):
     monkeypatch.chdir(ROOT)
-    with pytest.raises(StagePathsError, match="no stage 'sweeps'; stages: validate, prepare, sweep"):
-        stage_options("sweeps", "fume_hood")
-    with pytest.raises(StagePathsError, match="'nope' is not in params.yaml `tasks`"):
-        stage_options("sweep", "nope")
+    with pytest.raises(StageNotFound, match="no stage 'sweeps' \\(stages: validate, prepare, sweep"):
+        stage_options(ROOT / "dvc.yaml", "sweeps", "fume_hood", "x")
+    with pytest.raises(StageNotFound, match="'nope' is not in params.yaml `tasks`"):
+        task_folder("nope")
+    with pytest.raises(StageNotFound, match="gives no --nonsense: pass --nonsense PATH"):
+        fill_paths("sweep", "fume_hood", nonsense=None)
 
 
 def test_the_cli_names_what_dvc_yaml_lacks_instead_of_a_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["register", "fume_hood"])
     assert result.exit_code == 2
-    assert "dvc.yaml not found" in result.output and "Traceback" not in result.output
+    assert "dvc.yaml is missing" in result.output and "Traceback" not in result.output
 
 
 def test_a_table_written_to_a_pipe_keeps_its_cells_whole():

@@ -45,7 +45,7 @@ LAYERS = (
     ("validation", "inference"),
     ("tracking",),
     ("tasks",),
-    ("params", "stage_paths", "fit"),
+    ("params", "fit"),
     ("tuning",),
     ("training",),
     ("registry", "findings"),
