@@ -77,3 +77,18 @@ def test_flags_show_no_type_in_help():
     result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
     line = next(line for line in result.output.splitlines() if "--dry-run" in line)
     assert "<bool>" not in line and "print the Jobs" in line
+
+
+def test_keys_work_on_a_fresh_checkout_whose_store_folder_does_not_exist_yet(tmp_path):
+    """`mlops keys issue` before any run: the embedded store's folder is made, not an SQLite traceback."""
+    from tests.conftest import env_for
+
+    env = env_for(tmp_path / "not-yet" / ".mlops")
+    cmd = [str(Path(sys.executable).parent / "mlops"), "keys", "issue", "first admin", "--role", "admin"]
+    issued = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=env, cwd=tmp_path)
+    assert issued.returncode == 0, issued.stderr
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "mlops"), "keys", "list", "--json"],
+        capture_output=True, text=True, timeout=100, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert listed.returncode == 0 and "first admin" in listed.stdout

@@ -92,29 +92,44 @@ def prepare_champion(name: str, root: Path, params, settings) -> dict[str, Any]:
     return {"raw": raw, "registration": registration, "event": event, "run_id": run_id, "arm": arm}
 
 
+def prepare_champions(root: Path, params, tasks) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Every task's champion in one MLflow store under ``root/.mlops`` (the store's home and each task's
+    :func:`prepare_champion`), leaving MLflow's process-wide URIs as they were."""
+    import mlflow
+
+    from mlops.settings import Settings
+
+    home = root / ".mlops"
+    settings = Settings(home=home, tracking_uri=None, artifact_root=None, history_uri=None, _env_file=None)
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        return home, {name: prepare_champion(name, root, params, settings) for name in tasks}
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def served_env(home: Path) -> dict[str, str]:
+    """The environment of a service that serves prepared champions: no alias watch (nothing moves), a rate limit
+    no test reaches, and the default upload and pixel limits."""
+    env = env_for(home)
+    env.update(MLOPS_ALIAS_POLL_SECONDS="0", MLOPS_RATE_LIMIT_PER_MINUTE="100000", MLOPS_RATE_LIMIT_BURST="10000")
+    for key in ("MLOPS_MAX_UPLOAD_BYTES", "MLOPS_MAX_IMAGE_PIXELS", "MLOPS_SERVED_ALIAS", "MLOPS_REQUIRE_API_KEY"):
+        env.pop(key, None)
+    return env
+
+
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
     """Every task's champion in one temporary MLflow store, served by one real `mlops serve` process."""
-    import mlflow
 
     from mlops.settings import Settings
 
     root = tmp_path_factory.mktemp("contract")
     write_params(root, contract_params())
     params = load_params(root / "params.yaml")
-    home = root / ".mlops"
-    settings = Settings(home=home, tracking_uri=None, artifact_root=None, history_uri=None, _env_file=None)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        tasks = {name: prepare_champion(name, root, params, settings) for name in TASKS}
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    env = env_for(home)
-    # No alias watch (nothing moves); a rate limit no test reaches; the default upload and pixel limits.
-    env.update(MLOPS_ALIAS_POLL_SECONDS="0", MLOPS_RATE_LIMIT_PER_MINUTE="100000", MLOPS_RATE_LIMIT_BURST="10000")
-    for key in ("MLOPS_MAX_UPLOAD_BYTES", "MLOPS_MAX_IMAGE_PIXELS", "MLOPS_SERVED_ALIAS", "MLOPS_REQUIRE_API_KEY"):
-        env.pop(key, None)
+    home, tasks = prepare_champions(root, params, TASKS)
+    env = served_env(home)
     key = issue_key(env, "contract member")
     proc, base = start_service(root, env)
     try:

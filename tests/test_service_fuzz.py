@@ -50,7 +50,7 @@ from schemathesis.checks import not_a_server_error
 
 from mlops.tasks import get_task, task_names
 from tests.conftest import env_for, pg_database, process_log, start_service, stop_process, write_params
-from tests.test_contract import contract_params, prepare_champion
+from tests.test_contract import contract_params, prepare_champions
 
 pytestmark = pytest.mark.integration
 
@@ -93,23 +93,15 @@ def service(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """Every task's champion served by one real `mlops serve` process (its output in ``serve-fuzz.log``), its member
     service (keys, request log, contributions) on a fresh PostgreSQL database, as in production: PostgreSQL refuses
     what SQLite stores (a NUL character, an over-long string)."""
-    import mlflow
 
     from mlops.members.keys import KeyStore
     from mlops.params import load_params
-    from mlops.settings import Settings
 
     root = tmp_path_factory.mktemp("fuzz")
     write_params(root, fuzz_params())
     params = load_params(root / "params.yaml")
-    home = root / ".mlops"
-    settings = Settings(home=home, tracking_uri=None, artifact_root=None, history_uri=None, _env_file=None)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        raws = {name: prepare_champion(name, root, params, settings)["raw"] for name in TASKS}
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    home, champions = prepare_champions(root, params, TASKS)
+    raws = {name: champion["raw"] for name, champion in champions.items()}
     (root / "data.dvc").write_text("outs:\n- path: data/raw\n")  # where an accepted contribution is written
     env = env_for(home)
     for key in ("MLOPS_SERVED_ALIAS", "MLOPS_REQUIRE_API_KEY", "MLOPS_REDIS_URL"):

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from mlops.tasks import get_task, task_names
-from tests.conftest import env_for, issue_key, start_service, stop_process, write_params
-from tests.test_contract import contract_params, prepare_champion
+from tests.conftest import issue_key, start_service, stop_process, write_params
+from tests.test_contract import contract_params, prepare_champions, served_env
 
 # Each test may be the one that builds the module fixture (five tiny trainings and a server start), so each gets its
 # time; a browser step that hangs still fails within it.
@@ -63,27 +63,16 @@ def web_params() -> dict:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Every task's champion served by one real `mlops serve` process, and a member's key."""
-    import mlflow
 
     from mlops.params import load_params
-    from mlops.settings import Settings
 
     chromium()  # no training when the browser is missing
     root = tmp_path_factory.mktemp("web")
     write_params(root, web_params())
     params = load_params(root / "params.yaml")
-    home = root / ".mlops"
-    settings = Settings(home=home, tracking_uri=None, artifact_root=None, history_uri=None, _env_file=None)
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        raws = {name: prepare_champion(name, root, params, settings)["raw"] for name in TASKS}
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    env = env_for(home)
-    env.update(MLOPS_ALIAS_POLL_SECONDS="0", MLOPS_RATE_LIMIT_PER_MINUTE="100000", MLOPS_RATE_LIMIT_BURST="10000")
-    for key in ("MLOPS_MAX_UPLOAD_BYTES", "MLOPS_MAX_IMAGE_PIXELS", "MLOPS_SERVED_ALIAS", "MLOPS_REQUIRE_API_KEY"):
-        env.pop(key, None)
+    home, champions = prepare_champions(root, params, TASKS)
+    raws = {name: champion["raw"] for name, champion in champions.items()}
+    env = served_env(home)
     key = issue_key(env, "web member")
     proc, base = start_service(root, env, log=home / "serve-web.log")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -72,6 +73,11 @@ def storable(text: str) -> str:
 @cache
 def engine(url: str) -> sa.Engine:
     """One engine per database URL per process, with the member tables present."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # A fresh checkout has no store folder yet (`mlops keys issue` before any run): SQLite would only say
+        # "unable to open database file".
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     eng = sa.create_engine(url, pool_pre_ping=True)
     try:
         META.create_all(eng, checkfirst=True)
