@@ -17,12 +17,14 @@ import base64
 import inspect
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for bench.*
+from bench.serving import interleaved  # noqa: E402
 
 #: (task, model, constructor kwargs, spec extra): the main pipeline's champions' shapes
 CHAMPIONS = (
@@ -71,21 +73,6 @@ def upload(task: str, folder: Path) -> tuple[bytes, str]:
     return path.read_bytes(), "image/png" if path.suffix == ".png" else "image/jpeg"
 
 
-def interleaved(fns: dict[str, Callable[[], object]], seconds: float, min_reps: int = 50) -> dict[str, float]:
-    """Median ms of each function, called round-robin for about ``seconds`` (at least ``min_reps`` calls each)."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    end = time.perf_counter() + seconds
-    while min(len(t) for t in times.values()) < min_reps or time.perf_counter() < end:
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def measure(seconds: float) -> list[dict]:
     import torch
     from PIL import Image
@@ -116,7 +103,7 @@ def measure(seconds: float) -> list[dict]:
         started = time.perf_counter()
         first = predictor.predict_upload(data, ctype)
         first_ms = (time.perf_counter() - started) * 1000
-        got = interleaved(fns, seconds)
+        got = interleaved(fns, seconds, min_reps=50)
         heat = base64.b64decode(first["heatmap_png"])
         with Image.open(io.BytesIO(heat)) as img:
             size = img.size
