@@ -472,9 +472,12 @@ def test_cached_key_checks_cost_no_database_round_trip_and_revocation_takes_the_
     assert lookups == statements and len(lookups) <= 1 + int(elapsed / 1.0) < 20, (len(lookups), elapsed)
 
     member, key = server["keys"].issue("soon revoked", "member", "tests")
+    checked = time.monotonic()
     assert post(server, "fume_hood", data, key=key).status_code == 200
     server["keys"].revoke(member.key_id)  # as `mlops keys revoke` does, from another process's store
-    assert post(server, "fume_hood", data, key=key).status_code == 200  # within key_cache_seconds (1 s)
+    still = post(server, "fume_hood", data, key=key)
+    if time.monotonic() - checked < 0.9:  # within key_cache_seconds (1 s) of the check: still the cached check
+        assert still.status_code == 200, still.text  # (a busy machine may take longer; then either answer is right)
     time.sleep(1.2)
     refused = post(server, "fume_hood", data, key=key)
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
