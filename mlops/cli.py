@@ -224,8 +224,10 @@ def sweep(
     params = load_params(params_path)
     exp = load_experiment(task, experiments)
     if backend is Backend.kubernetes:
-        from mlops.tuning.kubernetes import SweepJobFailed, run_kubernetes_sweeps
+        from mlops.tuning.kubernetes import SweepJobFailed, image_warning, run_kubernetes_sweeps
 
+        if warning := image_warning(_settings().k8s_image):
+            console.print(f"[bold yellow]warning:[/] {warning}")
         try:
             results = run_kubernetes_sweeps(
                 task, params, exp, _settings(), data, raw, validation, experiments, dry_run=dry_run
@@ -749,7 +751,8 @@ def info() -> None:
     print_(f'Open the MLflow UI:   mlflow ui --backend-store-uri {uri} --port 5000   (then "Model training")')
     # A journal file by its bare path: optuna-dashboard does not read the `journal:` prefix the workers use.
     dashboard = shlex.quote(dashboard_storage(s.resolved_optuna_storage))
-    print_(f"Open the Optuna dashboard: optuna-dashboard {dashboard} --port 8080   (pip install optuna-dashboard)")
+    how = "(in the dev setup; else pip install optuna-dashboard)"
+    print_(f"Open the Optuna dashboard: optuna-dashboard {dashboard} --port 8080   {how}")
     print_("Serve the champions:  mlops serve --port 8000   (then open http://127.0.0.1:8000/docs)")
 
 

@@ -431,6 +431,37 @@ def test_dry_run_prints_valid_yaml_and_needs_no_cluster(project_dir, tmp_path, m
         validate(doc)
     assert not (tmp_path / "best.json").exists() and not (tmp_path / "home" / "mlflow.db").exists()
     assert CliRunner().invoke(app, [*args, "--dry-run"]).exit_code == 2, "--dry-run needs --backend kubernetes"
+    # the default image is the moving mlops:latest: said on stderr; a commit-tagged image passes quietly
+    warned = " ".join(result.stderr.split())
+    assert "mlops:latest is a moving tag" in warned and "MLOPS_K8S_IMAGE" in warned, result.stderr
+    monkeypatch.setenv("MLOPS_K8S_IMAGE", "registry.example/mlops:3f2a9c1")
+    pinned = CliRunner().invoke(app, [*args, "--backend", "kubernetes", "--dry-run"])
+    assert pinned.exit_code == 0 and "moving tag" not in pinned.stderr, pinned.stderr
+    assert [
+        d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in yaml.safe_load_all(pinned.stdout)
+        if d and d["kind"] == "Job"
+    ] == ["registry.example/mlops:3f2a9c1"] * 2
+
+
+@pytest.mark.parametrize(
+    ("image", "moving"),
+    [
+        ("mlops:latest", True),
+        ("mlops", True),
+        ("registry.example:5000/team/mlops", True),  # the port's colon is not a tag
+        ("registry.example:5000/team/mlops:latest", True),
+        ("registry.example:5000/team/mlops:3f2a9c1", False),
+        ("mlops@sha256:" + "0" * 64, False),
+    ],
+)
+def test_an_image_that_cannot_pin_the_pods_code_is_named(image, moving):
+    from mlops.tuning.kubernetes import image_warning
+
+    warning = image_warning(image)
+    assert (warning is not None) == moving
+    if moving:
+        assert image in warning and "MLOPS_K8S_IMAGE" in warning
 
 
 def test_cluster_mode_refuses_stores_pods_cannot_reach(launch, tmp_path, monkeypatch):

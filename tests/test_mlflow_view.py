@@ -9,6 +9,7 @@ outside the tools; studies and trials link to their MLflow runs; `mlops info` pr
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -171,12 +172,12 @@ def test_card_is_the_description_a_promoted_challenger_is_champion_only_and_stat
     ]
 
 
-def test_sweep_runs_share_names_pruned_trials_read_as_such_and_link_to_optuna(setup):
+def test_sweep_runs_share_names_pruned_trials_read_as_such_and_link_to_optuna(setup, tmp_path):
     import mlflow
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from mlops.tuning.storage import make_storage
+    from mlops.tuning.storage import dashboard_storage, make_storage
     from mlops.tuning.sweep import IMPORTANCE_SKIPPED_TAG, RUN_ID_ATTR, RUN_URL_ATTR, run_sweep, study_name_for
 
     s = setup
@@ -238,6 +239,35 @@ def test_sweep_runs_share_names_pruned_trials_read_as_such_and_link_to_optuna(se
     trials = {t.number: t for t in study.get_trials()}
     assert {n: trials[n].user_attrs[RUN_ID_ATTR] for n in runs} == runs
     assert all(RUN_URL_ATTR not in t.user_attrs for t in trials.values())  # a SQLite store has no UI address
+
+    # ... as the real optuna-dashboard shows it, opened on the storage string `mlops info` prints
+    header, rows = dashboard_csv(dashboard_storage(settings.resolved_optuna_storage), name, tmp_path)
+    assert "val_accuracy" in header and "Value" not in header and "Objective 0" not in header, header
+    linked = [r[header.index(f"UserAttribute {RUN_ID_ATTR}")] for r in rows if r[header.index("State")] != "WAITING"]
+    assert set(runs.values()) <= set(linked), (runs, linked)
+
+
+def dashboard_csv(storage: str, study_name: str, tmp_path) -> tuple[list[str], list[list[str]]]:
+    """The study's trials table as a running `optuna-dashboard STORAGE` serves it (its CSV download)."""
+    import csv
+    import io
+
+    import httpx
+
+    from tests.conftest import BIN, free_port, start_process, stop_process, wait_ready
+
+    port = free_port()
+    cmd = [str(BIN / "optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_process(cmd, tmp_path, dict(os.environ), tmp_path / "optuna-dashboard.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc, "/api/studies", seconds=60)
+        studies = httpx.get(f"{base}/api/studies", timeout=10).json()["study_summaries"]
+        study_id = next(s["study_id"] for s in studies if s["study_name"] == study_name)
+        table = list(csv.reader(io.StringIO(httpx.get(f"{base}/csv/{study_id}", timeout=30).text)))
+    finally:
+        stop_process(proc)
+    return table[0], table[1:]
 
 
 def test_a_dead_trials_run_is_failed_by_name_and_status(setup):

@@ -25,6 +25,7 @@ TASK = get_task("fume_hood")
 
 
 def test_validation_report_holds_no_time_and_its_history_record_does(tiny_raw, tmp_path, monkeypatch):
+    from mlops.data.versions import folder_md5
     from mlops.tracking.lineage import lineage_tags
     from mlops.validation import ValidationReport, validate_dataset
     from mlops.validation.records import REPORT, validated_at, version_dir
@@ -51,6 +52,13 @@ def test_validation_report_holds_no_time_and_its_history_record_does(tiny_raw, t
     assert ValidationReport.read(version_dir(Path("history"), report.data_version) / REPORT) == report
     tags = lineage_tags("fume_hood", raw, Path("prepared"), "p", tmp_path / "first.json")
     assert tags["mlops.validation.at"] == record["validated_at"]
+    # the task's own raw folder, hashed as DVC hashes a folder (dvc.lock's validate dep; tests/test_pipeline.py)
+    assert tags["mlops.data.task_raw_md5"] == report.data_version == folder_md5(raw)
+    assert not any(k.startswith("mlops.dvc.") for k in tags)  # not inside `dvc exp run`
+    monkeypatch.setenv("DVC_EXP_NAME", "lucky-lamb")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    tags = lineage_tags("fume_hood", raw, Path("prepared"), "p", tmp_path / "first.json")
+    assert tags["mlops.dvc.exp_name"] == "lucky-lamb" and tags["mlops.dvc.exp_baseline"] == "a" * 40
 
 
 def test_two_saves_of_the_same_weights_are_the_same_bytes(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -92,6 +93,9 @@ def test_mlflow_store_holds_sweep_trials_lineage_and_a_challenger(pipeline_repo,
     assert len(tags["mlops.git_commit"]) == 40
     assert tags["mlops.git_dirty"] in ("true", "false")
     assert tags["mlops.data.raw_md5"] == dvc_hash("data/raw/fume_hood") != "untracked"
+    lock = yaml.safe_load(Path("dvc.lock").read_text())["stages"]
+    validated = next(d["md5"] for d in lock["validate@fume_hood"]["deps"] if d["path"] == "data/raw/fume_hood")
+    assert tags["mlops.data.task_raw_md5"] == validated  # the per-task hash dvc.lock and the audit show
     assert tags["mlops.data.prepared_md5"] == dvc_hash("data/prepared/fume_hood") != "untracked"
     assert tags["mlops.validation.success"] == "true"
     assert tags["mlops.validation.at"].startswith("20")  # from the validation history (validation.json has no time)

@@ -34,8 +34,9 @@ def model_card(task: str, version: str, params: Params) -> str:
         f"Aliases: {', '.join(mv.aliases) or 'none'}; current champion: v{champion or '-'}.",
         "",
         "## Data",
-        _row("raw data (DVC md5)", tags.get(f"{TAG}data.raw_md5")),
+        _row("raw data, data/raw as data.dvc records it (DVC md5)", tags.get(f"{TAG}data.raw_md5")),
         _row("---", "---"),
+        _row("raw data, this task's folder as dvc.lock records it", tags.get(f"{TAG}data.task_raw_md5")),
         _row("prepared data (DVC md5)", tags.get(f"{TAG}data.prepared_md5")),
         _row("validation passed", tags.get(f"{TAG}validation.success")),
         _row("validation report", tags.get(f"{TAG}validation.report")),
@@ -60,10 +61,18 @@ def model_card(task: str, version: str, params: Params) -> str:
         _row("---", "---"),
         _row("uncommitted changes", tags.get(f"{TAG}git_dirty")),
         _row("params hash", tags.get(f"{TAG}params_hash")),
+        _row("DVC experiment (baseline commit)", _experiment(tags)),
         _row("promoted by / at", f"{tags.get(f'{TAG}promoted_by', '-')} / {tags.get(f'{TAG}promoted_at', '-')}"),
         "",
     ]
     return "\n".join(lines)
+
+
+def _experiment(tags: dict[str, str]) -> str:
+    name = tags.get(f"{TAG}dvc.exp_name")
+    if not name:
+        return "none (dvc repro, not dvc exp run)"
+    return f"{name} ({tags.get(f'{TAG}dvc.exp_baseline', '?')[:12]})"
 
 
 #: MLflow's column for a version's description holds 5,000 characters

@@ -1,12 +1,13 @@
 """Lineage: what every run (and the model version made from it) records about its origins.
 
 git commit + dirty flag, the DVC hashes of the raw and prepared data read, the params hash, the
-validation result, task and sweep ids. From a served prediction one walks back: model version ->
-run -> data version -> validation result -> commit.
+validation result, task and sweep ids, and the DVC experiment a `dvc exp run` made the run in. From a
+served prediction one walks back: model version -> run -> data version -> validation result -> commit.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def dvc_hash(path: Path | str, root: Path = Path(".")) -> str:
     return recorded[max(owners, key=len)] if owners else "untracked"
 
 
+#: environment variables `dvc exp run` sets for its stages -> the tag each becomes (absent under `dvc repro`)
+DVC_EXPERIMENT_ENV = {"DVC_EXP_NAME": f"{TAG}dvc.exp_name", "DVC_EXP_BASELINE_REV": f"{TAG}dvc.exp_baseline"}
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """The DVC experiment (name, baseline commit) this stage runs in, so `dvc exp show` rows and MLflow runs join."""
+    return {tag: os.environ[var] for var, tag in DVC_EXPERIMENT_ENV.items() if os.environ.get(var)}
+
+
 def lineage_tags(
     task: str,
     raw_dir: Path,
@@ -73,7 +83,10 @@ def lineage_tags(
         f"{TAG}git_commit": git_commit(),
         f"{TAG}git_dirty": str(git_dirty()).lower(),
         f"{TAG}data.raw_path": str(raw_dir),
+        # data/raw as a whole, as data.dvc records it: the version `registry reproduce` checks out
         f"{TAG}data.raw_md5": dvc_hash(raw_dir),
+        # this task's own folder of it, the hash dvc.lock (validate/prepare deps) and the audit show
+        f"{TAG}data.task_raw_md5": report.data_version or "unknown",
         f"{TAG}data.prepared_path": str(prepared_dir),
         f"{TAG}data.prepared_md5": dvc_hash(prepared_dir),
         f"{TAG}params_hash": params_digest,
@@ -84,6 +97,7 @@ def lineage_tags(
         # The Data Docs page of the result this run trained on (kept per data version).
         f"{TAG}validation.docs": report.docs or "",
     }
+    tags |= dvc_experiment_tags()
     tags |= runtime_tags(TAG)  # the CPU and dispatch the numbers came from (mlops/runtime.py)
     if sweep_id:
         tags[f"{TAG}sweep_id"] = sweep_id

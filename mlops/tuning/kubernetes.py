@@ -289,6 +289,26 @@ def render(
     return [config_map, job]
 
 
+def image_warning(image: str) -> str | None:
+    """Why ``image`` cannot pin the code the pods run, or None when it is pinned (a digest or an explicit tag).
+
+    The lineage tags name the submitting checkout's commit; a pod runs the code of whatever the image reference
+    resolves to when its node pulls it. ``:latest`` (explicit or implied by no tag) moves with every push, so two
+    pods of one sweep, or a rerun, may run different code under the same commit tag."""
+    if "@sha256:" in image:
+        return None
+    name = image.rsplit("/", 1)[-1]
+    tag = name.split(":", 1)[1] if ":" in name else None
+    if tag not in (None, "latest"):
+        return None
+    said = f"{image} (no tag: Kubernetes pulls :latest)" if tag is None else image
+    return (
+        f"the sweep image {said} is a moving tag: pods run whatever it points at when they start, not necessarily "
+        "this checkout's commit that the runs' lineage tags name. Build and push an image tagged with the commit "
+        "(or by digest) and set MLOPS_K8S_IMAGE to it."
+    )
+
+
 class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (the ConfigMap's files) as readable literal blocks."""
 
