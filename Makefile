@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 BENCH = $(PYTHON) -m bench
 BENCH_ARGS ?=
 
-.PHONY: findings bench bench-serving bench-overhead bench-tracking bench-pruning bench-workers bench-pipeline bench-main
+.PHONY: findings bench bench-serving bench-overhead bench-onnx bench-tracking bench-pruning bench-workers bench-pipeline bench-main
 
 bench:
 	$(BENCH) all $(BENCH_ARGS)
@@ -16,6 +16,9 @@ bench-serving:
 
 bench-overhead:
 	$(BENCH) overhead $(BENCH_ARGS)
+
+bench-onnx:
+	$(BENCH) onnx $(BENCH_ARGS)
 
 bench-tracking:
 	$(BENCH) tracking $(BENCH_ARGS)

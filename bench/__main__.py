@@ -12,6 +12,7 @@ from pathlib import Path
 BENCHMARKS = {
     "serving": "1. our service vs `mlflow models serve`: req/s, p50, p99 at 1, 8, 32 clients (fume_hood, fracture)",
     "overhead": "2. batch-1 request latency vs the bare forward pass; what batching would gain",
+    "onnx": "2c. onnxruntime's forward pass vs torch's for the served image classifiers",
     "isolation": "2b. fracture's latency alone vs while maximal ttubule stacks keep ttubule's lane full",
     "tracking": "3. the same sweep with MLflow logging on vs off",
     "pruning": "4. the same sampler and budget with and without the pruner",
@@ -20,7 +21,7 @@ BENCHMARKS = {
     "determinism": "7. generation-synchronous vs free-running sweeps; deterministic vs default final fit",
     "main": "6b. the whole main command (./run.sh) in a fresh clone: 20-30 min, not part of `all`",
 }
-ALL = ("serving", "overhead", "isolation", "tracking", "pruning", "workers", "pipeline", "determinism")
+ALL = ("serving", "overhead", "onnx", "isolation", "tracking", "pruning", "workers", "pipeline", "determinism")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
             from bench import serving
 
             section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
+        elif name == "onnx":
+            from bench.onnx import bench_onnx
+
+            section = bench_onnx(args.quick)
         elif name == "isolation":
             from bench.fixture import existing_store, tiny_pipeline
             from bench.isolation import TASKS as ISOLATION_TASKS

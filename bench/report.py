@@ -20,7 +20,18 @@ from mlops.runtime import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-ORDER = ("serving", "overhead", "isolation", "tracking", "pruning", "workers", "pipeline", "main", "determinism")
+ORDER = (
+    "serving",
+    "overhead",
+    "isolation",
+    "onnx",
+    "tracking",
+    "pruning",
+    "workers",
+    "pipeline",
+    "main",
+    "determinism",
+)
 
 INTRO = """# Benchmarks
 
