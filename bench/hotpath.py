@@ -7,7 +7,14 @@ upload is the one benchmark 1 sends (the task's own simulator at the default siz
 benchmark 2 does, at 1 torch thread (what ``mlops serve`` uses). The same script measures older code of the
 project: ``PYTHONPATH=<a checkout of it> python bench/hotpath.py`` (it uses only what both versions have).
 
-    python bench/hotpath.py [--seconds 10] [--json out.json]
+Then the batched path (issue 20, item 2: mlops/serving/batching.py): ``--clients`` caller threads (32) send the
+upload through the service's model store (``ModelStore.predict``, as the predict route calls it, with the heat map)
+with batching at its defaults, and again with it off (``batch_wait_ms=0``); against them, the ceiling: the bare
+batched forward + Grad-CAM (``explain_forward`` on ``max_batch`` preprocessed inputs) in as many threads as the
+lane computes at once. The three are timed in alternating slices; the ratio ceiling / batched is the issue's
+target (within 2x). Skipped for code without batching.
+
+    python bench/hotpath.py [--seconds 10] [--clients 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -125,9 +132,106 @@ def measure(seconds: float) -> list[dict]:
     return rows
 
 
+def throughput_slices(fns: dict[str, Callable[[float], int]], seconds: float, slice_s: float = 1.0) -> dict:
+    """Answers per second of each ``fn(until)`` (which works until the ``time.perf_counter()`` deadline it is given
+    and returns how many answers it made), run in alternating slices of ``slice_s`` for about ``seconds`` each, so
+    that other work on the machine slows all of them alike."""
+    done = dict.fromkeys(fns, 0)
+    spent = dict.fromkeys(fns, 0.0)
+    for fn in fns.values():  # warm-up
+        fn(time.perf_counter() + 0.2)
+    while min(spent.values()) < seconds:
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            done[name] += fn(started + slice_s)
+            spent[name] += time.perf_counter() - started
+    return {name: done[name] / spent[name] for name in fns}
+
+
+def in_threads(n: int, work: Callable[[], int], until: float) -> int:
+    """``work()`` (answers it made) repeated in ``n`` threads until the deadline; answers in all."""
+    import threading
+
+    counts = [0] * n
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < until:
+            counts[i] += work()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
+
+
+def measure_batched(seconds: float, clients: int) -> list[dict]:
+    """The batched path at ``clients`` concurrent callers against the bare batched forward + Grad-CAM ceiling."""
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="mlops-batched-"))
+    return [batched_row(champion, work / champion[0], seconds, clients) for champion in CHAMPIONS]
+
+
+def batched_row(champion: tuple, folder: Path, seconds: float, clients: int) -> dict:
+    import numpy as np
+    import torch
+
+    from mlops.inference.gradcam import explain_forward
+    from mlops.inference.images import decode_image
+    from mlops.serving.lanes import usable_cores
+    from mlops.serving.model_store import ModelStore, ServedModel
+    from mlops.settings import Settings
+
+    task, model_name, kwargs, extra = champion
+    predictor = build(task, model_name, kwargs, extra, folder / "model")
+    data, ctype = upload(task, folder / "upload")
+    predictor.warm_up()
+    settings = Settings(_env_file=None, home=folder / "home", alias_poll_seconds=0, queue_per_task=clients)
+    batched = ModelStore(settings, [])
+    unbatched = ModelStore(settings.model_copy(update={"batch_wait_ms": 0.0}), [])
+    served = ServedModel(task, "1", "champion", predictor)
+    x = torch.as_tensor(np.stack([predictor.preprocess(decode_image(data))] * settings.max_batch)[:, None])
+    width = usable_cores()  # the batches a lane computes at once
+
+    def request(store: ModelStore) -> int:
+        with store.incoming(served, True) as arrival:  # as the predict route does
+            store.predict(served, data, ctype, True, arrival)
+        return 1
+
+    def ceiling() -> int:
+        explain_forward(predictor.model, x, predictor.evidence)
+        return len(x)
+
+    rates = throughput_slices(
+        {
+            "batched": lambda until: in_threads(clients, lambda: request(batched), until),
+            "unbatched": lambda until: in_threads(clients, lambda: request(unbatched), until),
+            "ceiling": lambda until: in_threads(width, ceiling, until),
+        },
+        seconds,
+    )
+    batcher = batched.batchers(task)
+    return {
+        "task": task,
+        "clients": clients,
+        "threads": width,
+        "max_batch": settings.max_batch,
+        "batch_wait_ms": settings.batch_wait_ms,
+        "batched_rps": rates["batched"],
+        "unbatched_rps": rates["unbatched"],
+        "ceiling_ips": rates["ceiling"],
+        "ceiling_x_batched": rates["ceiling"] / rates["batched"],
+        "mean_batch": batcher.requests / max(1, batcher.batches),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="round-robin time per task")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent callers of the batched path")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     import mlops
@@ -146,8 +250,27 @@ def main() -> None:
             f"{r['first_call_ms']:.1f} | {r['answer_json_bytes']} | {r['heatmap_png_bytes']} | "
             f"{r['heatmap_size'][0]}x{r['heatmap_size'][1]} |"
         )
+    batched: list[dict] = []
+    try:
+        import mlops.serving.batching  # noqa: F401
+    except ImportError:
+        print("(this code has no batching: mlops.serving.batching; the batched path is not measured)")
+    else:
+        batched = measure_batched(args.seconds, args.clients)
+        print()
+        print(
+            "| task | callers | batched req/s | unbatched req/s | ceiling: bare batched forward + Grad-CAM img/s | "
+            "ceiling / batched (target <= 2) | mean batch |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in batched:
+            print(
+                f"| {r['task']} | {r['clients']} | {r['batched_rps']:.0f} | {r['unbatched_rps']:.0f} | "
+                f"{r['ceiling_ips']:.0f} (batch {r['max_batch']}, {r['threads']} threads) | "
+                f"{r['ceiling_x_batched']:.2f} | {r['mean_batch']:.1f} |"
+            )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"hotpath": rows, "batched": batched}, indent=2))
     sys.stdout.flush()
 
 

@@ -63,6 +63,23 @@ class Settings(BaseSettings):
     queue_per_task: int = 4
     #: A request still waiting for its task's compute slot after this many seconds is answered 504.
     request_deadline_seconds: float = 30.0
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Dynamic micro-batching (MLOPS_BATCH_WAIT_MS): the longest a request of a batchable task (fracture, "
+            "fume_hood) waits for the task's other requests already received (reading their upload, decoding), so "
+            "that they are computed as one forward pass; a lone request never waits. 0 turns batching off."
+        ),
+    )
+    max_batch: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Most requests of one task computed as one batch (MLOPS_MAX_BATCH; 1 turns batching off). A batch "
+            "never holds more than the task's queue (MLOPS_QUEUE_PER_TASK) admits."
+        ),
+    )
     #: How often the service checks the registry for a moved alias (seconds; 0 disables the watch).
     alias_poll_seconds: float = 10.0
     # Member service: API keys, request log and contributions live in the service's database, which

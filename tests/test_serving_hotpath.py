@@ -10,13 +10,14 @@ store is given those models instead of loading them from a registry.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -342,10 +343,11 @@ def test_the_cache_lifetime_is_a_documented_setting():
 # --- a real server -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, predictors):
-    """uvicorn over the service's app (threads, lanes, admission, guard and request log as served), its model
-    store given the two predictors; one torch thread per computation, as `mlops serve` sets."""
+@contextlib.contextmanager
+def serving(home: Path, predictors: dict, **overrides) -> Iterator[dict]:
+    """uvicorn over the service's app (threads, lanes, batching, admission, guard and request log as served), its
+    model store given ``predictors``; one torch thread per computation, as `mlops serve` sets. ``overrides``: the
+    settings that differ from the fixture's (tests/test_serving_batching.py turns batching on)."""
     import httpx
     import uvicorn
 
@@ -355,7 +357,6 @@ def server(tmp_path_factory, predictors):
     from mlops.settings import Settings
     from tests.conftest import free_port
 
-    home = tmp_path_factory.mktemp("hotpath-home")
     settings = Settings(
         _env_file=None,
         home=home,
@@ -364,6 +365,7 @@ def server(tmp_path_factory, predictors):
         rate_limit_per_minute=10**6,
         rate_limit_burst=10**4,
         key_cache_seconds=1.0,
+        **overrides,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -393,6 +395,15 @@ def server(tmp_path_factory, predictors):
         thread.join(30)
         ModelStore._alias_version = original
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, predictors):
+    """The service over the two predictors, each request computed on its own (batching off: the concurrent answers
+    below are compared bit for bit with the sequential ones; batched answers are equal up to float rounding, see
+    tests/test_serving_batching.py)."""
+    with serving(tmp_path_factory.mktemp("hotpath-home"), predictors, batch_wait_ms=0) as running:
+        yield running
 
 
 def post(server: dict, task: str, data: bytes, explain: str | None = None, key: str | None = None):

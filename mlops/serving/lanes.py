@@ -8,7 +8,9 @@ A lane admits at most ``capacity`` requests (computing + waiting); one more is r
 ``Retry-After`` instead of tying up a worker thread, and a request still waiting at its deadline gets 504. Bounding
 every lane also bounds the worker threads one task can hold (the thread pool is shared), so ``/healthz`` and the
 other tasks always find one free. Inside its slot, a request whose decoded input is predicted (from the task's own
-measured costs) to compute longer than the deadline is refused with 413 before computing.
+measured costs) to compute longer than the deadline is refused with 413 before computing. A batchable task's
+concurrent requests are computed as one batch in one slot (mlops/serving/batching.py: ``admission`` and ``slot``
+below are the two halves of ``run``).
 """
 
 from __future__ import annotations
@@ -129,30 +131,43 @@ class Lane:
         finally:
             self._release(shared=False)
 
-    def run(self, work: Callable[[], T], shared: bool = False) -> T:
-        """``work`` in this lane: alone (``shared=False``) or beside other shared work, up to ``width`` at once."""
+    @contextmanager
+    def admission(self, shared: bool = False) -> Iterator[None]:
+        """A place in the lane's bounded queue (computing + waiting) for the block: LaneFull when there is none."""
         with self._count:
             if self.admitted >= self.capacity:
                 retry = max(1, round(self._recent * self.admitted / (self.width if shared else 1)))
                 raise LaneFull(self.task, self.capacity, retry)
             self.admitted += 1
         try:
-            if not self._acquire(shared, self.deadline):
-                raise LaneTimeout(self.task, self.deadline)
-            declared: list[float] = []
-            started = time.perf_counter()
-            try:
-                with admitting(lambda units, unit: self._admit(units, unit, declared)):
-                    result = work()
-                if declared:  # only completed work teaches the cost model (a refusal midway costs little)
-                    self.cost.add(declared[0], time.perf_counter() - started)
-                return result
-            finally:
-                self._recent = time.perf_counter() - started
-                self._release(shared)
+            yield
         finally:
             with self._count:
                 self.admitted -= 1
+
+    @contextmanager
+    def slot(self, shared: bool = False) -> Iterator[None]:
+        """A compute slot for the block (alone, or beside other shared work up to ``width``): LaneTimeout when none
+        came within the deadline. The block's duration is what Retry-After is derived from."""
+        if not self._acquire(shared, self.deadline):
+            raise LaneTimeout(self.task, self.deadline)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._recent = time.perf_counter() - started
+            self._release(shared)
+
+    def run(self, work: Callable[[], T], shared: bool = False) -> T:
+        """``work`` in this lane: alone (``shared=False``) or beside other shared work, up to ``width`` at once."""
+        with self.admission(shared), self.slot(shared):
+            declared: list[float] = []
+            started = time.perf_counter()
+            with admitting(lambda units, unit: self._admit(units, unit, declared)):
+                result = work()
+            if declared:  # only completed work teaches the cost model (a refusal midway costs little)
+                self.cost.add(declared[0], time.perf_counter() - started)
+            return result
 
     def _admit(self, units: float, unit: str, declared: list[float]) -> None:
         """Cost-aware admission: an input whose predicted compute outruns the deadline is refused before any of it

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlops.inference import Predictor
+from mlops.serving.batching import Arrival, Batchers, batchable
 from mlops.serving.lanes import Lanes
 from mlops.serving.release_gate import load_released, unreleased_reason
 from mlops.settings import Settings
@@ -53,6 +55,8 @@ class ModelStore:
         self._swap_lock = threading.Lock()
         # Model compute (requests and a new version's warm-up) runs in per-task lanes, tasks side by side.
         self.lanes = Lanes(settings.queue_per_task, settings.request_deadline_seconds)
+        # A batchable task's concurrent requests are computed in batches, over the same lanes.
+        self.batchers = Batchers(self.lanes, settings.batch_wait_ms, settings.max_batch)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -62,11 +66,28 @@ class ModelStore:
     def all(self) -> list[ServedModel]:
         return list(self._models.values())
 
-    def predict(self, served: ServedModel, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
+    def incoming(self, served: ServedModel, explain: bool = True) -> AbstractContextManager[Arrival | None]:
+        """A predict request received (its upload not read yet), for the block: the task's batch waits for it (at
+        most the batching window; mlops/serving/batching.py). Nothing when the request will not be batched."""
+        if self.batchers.enabled and batchable(served.predictor):
+            return self.batchers(served.task).expect(served.predictor, explain)
+        return nullcontext()
+
+    def predict(
+        self,
+        served: ServedModel,
+        data: bytes,
+        content_type: str,
+        explain: bool = True,
+        arrival: Arrival | None = None,
+    ) -> dict[str, Any]:
         """Run one prediction (in a worker thread; never on the event loop) in its task's lane: LaneFull when the
         lane is full, LaneTimeout when no slot came within the deadline. ``explain=False``: no heat map. A predictor
-        safe to share between threads computes beside the task's other requests (up to the lane's width)."""
+        safe to share between threads computes beside the task's other requests (up to the lane's width); a batchable
+        one (mlops/serving/batching.py) in batches with them, when batching is on (``arrival``: ``incoming``'s)."""
         predictor = served.predictor
+        if self.batchers.enabled and batchable(predictor):
+            return self.batchers(served.task).answer(predictor, data, explain, arrival)
         return self.lanes(served.task).run(
             lambda: predictor.answer_upload(data, content_type, explain), shared=predictor.parallel_safe
         )

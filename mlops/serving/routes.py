@@ -83,20 +83,22 @@ async def predict(
 ) -> dict[str, Any]:
     served = served_or_error(store, task)
     note_call(request, task=task, version=served.version)
-    limit = request.app.state.settings.max_upload_bytes
-    declared = (file.content_type or "").split(";")[0].strip().lower()
-    accepted = served.predictor.accepted_content_types
-    if accepted and declared not in accepted:
-        raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
-    data, digest = await read_upload(file, limit)
-    note_call(request, upload_bytes=len(data), upload_sha256=digest)
-    sniffed = sniff_image_type(data)
-    if declared in IMAGE_TYPES and sniffed in IMAGE_TYPES and sniffed != declared:
-        raise BadInput(
-            f"the file is {sniffed} by its first bytes but was sent as {declared}: send it as {sniffed}", 415
-        )
-    if await request.is_disconnected():  # the client left while its upload was read: compute nothing for it
-        raise HTTPException(499, detail="client closed the request")
-    # Model compute runs in a worker thread (in its task's lane) so the event loop keeps serving other requests.
-    result = await run_in_threadpool(store.predict, served, data, declared, explain)
-    return {"task": task, "version": served.version, "alias": served.alias, "member": member.name, **result}
+    # From here the request counts as on its way to its task's batch (when batched): a batch waits for it briefly.
+    with store.incoming(served, explain) as arrival:
+        limit = request.app.state.settings.max_upload_bytes
+        declared = (file.content_type or "").split(";")[0].strip().lower()
+        accepted = served.predictor.accepted_content_types
+        if accepted and declared not in accepted:
+            raise BadInput(f"content type {declared or 'missing'!r} not accepted; send one of {list(accepted)}", 415)
+        data, digest = await read_upload(file, limit)
+        note_call(request, upload_bytes=len(data), upload_sha256=digest)
+        sniffed = sniff_image_type(data)
+        if declared in IMAGE_TYPES and sniffed in IMAGE_TYPES and sniffed != declared:
+            raise BadInput(
+                f"the file is {sniffed} by its first bytes but was sent as {declared}: send it as {sniffed}", 415
+            )
+        if await request.is_disconnected():  # the client left while its upload was read: compute nothing for it
+            raise HTTPException(499, detail="client closed the request")
+        # Model compute runs in a worker thread (in its task's lane) so the event loop keeps serving other requests.
+        result = await run_in_threadpool(store.predict, served, data, declared, explain, arrival)
+        return {"task": task, "version": served.version, "alias": served.alias, "member": member.name, **result}
