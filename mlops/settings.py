@@ -58,8 +58,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 64 * 1024
     max_image_pixels: int = MAX_IMAGE_PIXELS
     served_alias: str = "champion"
-    #: Requests one task may hold at once, computing or waiting (one computes at a time per task, tasks in
-    #: parallel); one more is refused 503 with Retry-After, so a burst on one task cannot take every worker thread.
+    #: Computations one task may hold at once, computing or waiting (tasks in parallel), a micro-batch of up to
+    #: max_batch requests counting as one: fracture and fume_hood admit queue_per_task * max_batch requests, the other
+    #: tasks queue_per_task. One more is refused 503 with Retry-After, so a burst on one task cannot take every
+    #: worker thread (the pool is sized for every lane full).
     queue_per_task: int = 4
     #: A request still waiting for its task's compute slot after this many seconds is answered 504.
     request_deadline_seconds: float = 30.0

@@ -307,14 +307,16 @@ def test_an_input_the_model_fails_on_fails_only_its_own_request(tmp_path, fractu
 
 @pytest.mark.timeout(120)
 def test_a_full_queue_is_503_and_a_batch_without_a_slot_in_time_is_504(tmp_path, fracture):
-    store, served = make_store(tmp_path, {"fracture": fracture}, queue_per_task=3, request_deadline_seconds=0.5)
+    # one computation's place in the queue: a micro-batch's worth of requests (queue_per_task * max_batch)
+    settings = {"queue_per_task": 1, "max_batch": 3, "request_deadline_seconds": 0.5}
+    store, served = make_store(tmp_path, {"fracture": fracture}, **settings)
     release = threading.Event()
     with Calls(fracture, hold=lambda: release.wait(20)), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(burst, store, [(served["fracture"], photo(i), True) for i in range(3)])
         deadline = time.monotonic() + 20
         while store.lanes("fracture").admitted < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with pytest.raises(LaneFull):  # (the route answers 503 with Retry-After)
+        with pytest.raises(LaneFull, match="3 requests"):  # (the route answers 503 with Retry-After)
             store.predict(served["fracture"], photo(5), "image/jpeg")
         release.set()
         assert all(isinstance(answer, dict) for answer in pending.result(30))
@@ -368,3 +370,23 @@ def test_the_served_burst_is_batched_with_the_sequential_answers(tmp_path, fract
         batchers = [store.batchers(task) for task in predictors]
         assert sum(b.requests for b in batchers) == len(uploads) + len(burst)
         assert sum(b.batches for b in batchers) < sum(b.requests for b in batchers)  # some were batched
+
+
+@pytest.mark.timeout(60)
+def test_the_thread_pool_holds_every_lane_full_and_spare_threads():
+    """Each admitted request holds a worker thread while it waits for its batch: anyio's default 40 would run out
+    under two full batched lanes (2 * 4 * 8) and leave /healthz waiting."""
+    import anyio
+    import anyio.to_thread
+
+    from mlops.serving.app import SPARE_THREADS, size_thread_pool
+
+    async def sized(lane_threads: int) -> tuple[int, int]:
+        before = anyio.to_thread.current_default_thread_limiter().total_tokens
+        return before, size_thread_pool(lane_threads)
+
+    settings = Settings(_env_file=None)
+    lane_threads = settings.queue_per_task * settings.max_batch * 5
+    before, after = anyio.run(sized, lane_threads)
+    assert before == 40 and after == lane_threads + SPARE_THREADS > 40
+    assert anyio.run(sized, 4)[1] == 40  # never below anyio's own default

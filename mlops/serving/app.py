@@ -40,6 +40,24 @@ def json_safe(value: Any) -> Any:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: worker threads kept free beyond the lanes' (health checks, keys, the registry routes, the web page)
+SPARE_THREADS = 16
+
+
+def size_thread_pool(lane_threads: int) -> int:
+    """Give the threads that sync routes run in room for every lane full at once plus ``SPARE_THREADS``.
+
+    Each admitted predict request holds a worker thread while it waits for its batch or slot; the lanes bound that
+    per task (``queue_per_task`` computations, a micro-batch of ``max_batch`` requests counting as one), and anyio's
+    default pool (40) would be exhausted by two busy batched tasks, leaving `/healthz` waiting. Called inside the
+    event loop (the limiter is per loop)."""
+    import anyio.to_thread
+
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, lane_threads + SPARE_THREADS)
+    return limiter.total_tokens
+
+
 def create_app(settings: Settings | None = None, tasks: list[str] | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -48,8 +66,10 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
         from mlops.tracking.runs import connect
 
         connect(settings)
+        names = tasks or task_names()
+        size_thread_pool(settings.queue_per_task * max(1, settings.max_batch) * len(names))
         app.state.guard = await run_in_threadpool(Guard, settings)
-        store = ModelStore(settings, tasks or task_names())
+        store = ModelStore(settings, names)
         await run_in_threadpool(store.refresh)
         store.start_watching()
         app.state.store = store

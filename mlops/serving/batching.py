@@ -161,7 +161,7 @@ class TaskBatcher:
         key = (id(predictor), explain)
         arrival = arrival if arrival is not None and arrival.key == key else self.expect(predictor, explain)
         try:
-            with self.lane.admission(shared=True):
+            with self.lane.admission(shared=True, per_place=self.max_batch):
                 gray = prepare(predictor, data)
                 probs, heat = self._compute(key, predictor, explain, _Item(gray), arrival)
                 return finish(predictor, gray, probs, heat)

@@ -132,12 +132,16 @@ class Lane:
             self._release(shared=False)
 
     @contextmanager
-    def admission(self, shared: bool = False) -> Iterator[None]:
-        """A place in the lane's bounded queue (computing + waiting) for the block: LaneFull when there is none."""
+    def admission(self, shared: bool = False, per_place: int = 1) -> Iterator[None]:
+        """A place in the lane's bounded queue (computing + waiting) for the block: LaneFull when there is none.
+
+        ``per_place``: requests that share one computation (a micro-batch's ``max_batch``): the queue then holds
+        ``capacity`` computations' worth of them."""
+        limit = self.capacity * max(1, per_place)
         with self._count:
-            if self.admitted >= self.capacity:
-                retry = max(1, round(self._recent * self.admitted / (self.width if shared else 1)))
-                raise LaneFull(self.task, self.capacity, retry)
+            if self.admitted >= limit:
+                retry = max(1, round(self._recent * self.admitted / per_place / (self.width if shared else 1)))
+                raise LaneFull(self.task, limit, retry)
             self.admitted += 1
         try:
             yield
