@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 BENCH = $(PYTHON) -m bench
 BENCH_ARGS ?=
 
-.PHONY: findings bench bench-serving bench-overhead bench-onnx bench-tracking bench-pruning bench-workers bench-pipeline bench-main
+.PHONY: findings bench bench-serving bench-overhead bench-onnx bench-heavy bench-tracking bench-pruning bench-workers bench-pipeline bench-main
 
 bench:
 	$(BENCH) all $(BENCH_ARGS)
@@ -19,6 +19,9 @@ bench-overhead:
 
 bench-onnx:
 	$(BENCH) onnx $(BENCH_ARGS)
+
+bench-heavy:  # needs a store with the champions and its data: BENCH_ARGS="--home .mlops" after ./run.sh
+	$(BENCH) heavy $(BENCH_ARGS)
 
 bench-tracking:
 	$(BENCH) tracking $(BENCH_ARGS)

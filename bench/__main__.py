@@ -13,6 +13,7 @@ BENCHMARKS = {
     "serving": "1. our service vs `mlflow models serve`: req/s, p50, p99 at 1, 8, 32 clients (fume_hood, fracture)",
     "overhead": "2. batch-1 request latency vs the bare forward pass; what batching would gain",
     "onnx": "2c. onnxruntime's forward pass vs torch's for the served image classifiers",
+    "heavy": "2d. gas_leak, skeleton, ttubule: a request vs the bare model, and the largest admitted input (--home)",
     "isolation": "2b. fracture's latency alone vs while maximal ttubule stacks keep ttubule's lane full",
     "tracking": "3. the same sweep with MLflow logging on vs off",
     "pruning": "4. the same sampler and budget with and without the pruner",
@@ -87,6 +88,14 @@ def main(argv: list[str] | None = None) -> None:
             from bench import serving
 
             section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
+        elif name == "heavy":
+            from bench.fixture import existing_store
+            from bench.heavy import bench_heavy
+
+            if not args.home:
+                raise SystemExit("heavy needs --home: a store with the three champions and its data (after ./run.sh)")
+            store = store or existing_store(args.home)
+            section = bench_heavy(store, args.quick)
         elif name == "onnx":
             from bench.onnx import bench_onnx
 

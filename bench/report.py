@@ -25,6 +25,7 @@ ORDER = (
     "overhead",
     "isolation",
     "onnx",
+    "heavy",
     "tracking",
     "pruning",
     "workers",
