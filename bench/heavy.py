@@ -112,6 +112,11 @@ def bench_heavy(store, quick: bool = False) -> Section:
         "heat map, skeleton's timeline PNG, ttubule's masks, instances and overlay PNGs) and the answer's JSON."
     )
     section.note(
+        "gas_leak answers from the centre crop of the stack (the model's frames), so its largest upload costs the "
+        "decoding of the rest and no more compute; skeleton scores every window of the upload and ttubule every "
+        "slice, so their cost grows with the upload up to its limit."
+    )
+    section.note(
         "The service bounds each request by the task's upload limits and, once the task has measured requests, by "
         "its cost model: an input predicted to compute longer than MLOPS_REQUEST_DEADLINE_SECONDS is refused 413 "
         "before computing (mlops/serving/lanes.py)."

@@ -23,6 +23,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 ORDER = (
     "serving",
     "overhead",
+    "serving_before",  # blocks 1 and 2 as the code before issue 20 measured them (kept beside, never rewritten)
+    "overhead_before",
+    "hotpath",  # bench/hotpath.py's tables, copied in by hand (that script writes no block)
     "isolation",
     "onnx",
     "heavy",

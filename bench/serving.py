@@ -6,8 +6,8 @@
    the pyfunc's input is the model tensor). A load generator in its own process on loopback holds 1, 8
    and 32 concurrent clients; ratios are ours / MLflow's.
 2. ``overhead``: p50 of a batch-1 request against the bare ``model(x)`` forward pass in this process, with
-   the in-process steps in between, and what batching N inputs into one forward would gain (the service
-   does not batch requests together).
+   the in-process steps in between, and what batching N inputs into one forward gains on the forward pass
+   alone (the service batches concurrent requests of fracture and fume_hood: mlops/serving/batching.py).
 """
 
 from __future__ import annotations
@@ -363,8 +363,9 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
     )
     section.note(
         f"Both are one uvicorn process with {threads_note()}; our service computes a task's requests in the task's "
-        "lane (fume_hood's and fracture's side by side, one per core, since their Grad-CAM needs no hooks on the "
-        "shared model), MLflow's runs requests in a thread pool. The load generator (async httpx, one process, one "
+        "lane (fume_hood's and fracture's concurrent requests in micro-batches, MLOPS_BATCH_WAIT_MS and "
+        "MLOPS_MAX_BATCH at their defaults, batches side by side, one per core), MLflow's runs requests in a thread "
+        "pool. The load generator (async httpx, one process, one "
         f"connection per client) shares the same cores. {key_note}."
     )
     return section
@@ -474,9 +475,9 @@ def bench_overhead(store: Store, quick: bool = False) -> Section:
     for row in batch_rows:
         batching.add(*row)
     section.note(
-        "The service does not batch requests together: each request is one batch-1 forward (plus Grad-CAM) in its "
-        "task's lane. The batching table shows what dynamic batching would gain on the forward pass alone; the "
-        "Grad-CAM backward pass and PNG encoding are per image either way."
+        "The latency table is one request at a time (a batch of one: no wait). The batching table shows what "
+        "batching gains on the forward pass alone; the service's micro-batches also batch the Grad-CAM backward "
+        "pass, while decoding and PNG encoding stay per image (bench/hotpath.py measures the batched path)."
     )
     section.note(
         "In-process steps are timed round-robin (bare, predict_array, predict_upload, bare, ...) and the two HTTP "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from mlops.inference.model_files import WEIGHTS, save_model_dir, weights_digest
 from mlops.params import load_params
@@ -162,3 +163,31 @@ def test_weights_without_their_train_run_fail_with_what_to_do(trained):
     trained["train_run"](weights="0" * 64)
     with pytest.raises(TrainRunMissing, match="no finished MLflow train run of fume_hood/custom_cnn has these weights"):
         train_run_for(models / "custom_cnn", "fume_hood")
+
+
+@pytest.mark.timeout(180)
+def test_a_stage_run_by_dvc_exp_run_names_its_experiment(tmp_path):
+    """Real `dvc exp run` on a one-stage pipeline whose command records the tags a run would get: the experiment's
+    name and baseline commit reach the stage (the variables DVC documents), and `dvc repro` gives none."""
+    import subprocess
+    import sys
+
+    from tests.conftest import env_for, run
+
+    env = env_for(tmp_path / "home")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    run(["git", "init", "-q"], tmp_path, env)
+    run(["dvc", "init", "-q"], tmp_path, env)
+    record = "import json; from mlops.tracking.lineage import dvc_experiment_tags as t; print(json.dumps(t()))"
+    stage = {"stages": {"tags": {"cmd": f'{sys.executable} -c "{record}" > tags.json', "outs": ["tags.json"]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stage))
+    (tmp_path / ".gitignore").write_text("tags.json\n")
+    run([*git, "add", "-A"], tmp_path, env)
+    run([*git, "commit", "-qm", "one stage"], tmp_path, env)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+
+    run(["dvc", "exp", "run", "-n", "lucky-lamb"], tmp_path, env)
+    tags = json.loads((tmp_path / "tags.json").read_text())
+    assert tags == {"mlops.dvc.exp_name": "lucky-lamb", "mlops.dvc.exp_baseline": head}, tags
+    run(["dvc", "repro", "-f"], tmp_path, env)
+    assert json.loads((tmp_path / "tags.json").read_text()) == {}
