@@ -10,6 +10,7 @@ route calls it (``ModelStore.predict``, one worker thread per request), and once
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import threading
 import time
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from mlops.inference import BadInput
-from mlops.serving.batching import batchable, compute
+from mlops.serving.batching import batchable
 from mlops.serving.lanes import LaneFull, LaneTimeout
 from mlops.serving.model_store import ModelStore, ServedModel
 from mlops.settings import Settings
@@ -139,11 +140,9 @@ def fume_hood(tmp_path):
 def test_batched_probabilities_and_maps_equal_the_single_ones(tmp_path, task, name, kwargs):
     predictor = save_predictor(tmp_path / task, task, name, kwargs)
     assert batchable(predictor)
-    from mlops.inference.images import decode_image
-
-    grays = [predictor.preprocess(decode_image(photo(seed))) for seed in range(6)]
-    batched = compute(predictor, grays, explain=True)
-    plain = compute(predictor, grays, explain=False)
+    grays = [predictor.model_input(photo(seed)) for seed in range(6)]
+    batched = predictor.compute(grays, explain=True)
+    plain = predictor.compute(grays, explain=False)
     singles = [predictor.explain(gray) for gray in grays]
     for (probs, heat), (p_plain, none), (probs1, heat1) in zip(batched, plain, singles, strict=True):
         assert none is None and heat.shape == grays[0].shape
@@ -161,6 +160,10 @@ def test_batched_probabilities_and_maps_equal_the_single_ones(tmp_path, task, na
         assert not batchable(predictor)
     finally:
         predictor.model.eval()
+    # a classifier that answers its own way (its predict_upload replaced) is served one request at a time
+    own = copy.copy(predictor)
+    own.__class__ = type("OwnFlow", (type(predictor),), {"predict_upload": lambda self, data, ctype, explain=True: {}})
+    assert batchable(predictor) and not batchable(own)
 
 
 @pytest.mark.timeout(120)
@@ -178,15 +181,15 @@ def test_concurrent_requests_are_answered_in_batches_with_their_own_answers(
     assert distinct(singles) > 2 * TOLERANCE  # a mix-up cannot hide in the tolerance
 
     explained: list[int] = []
-    import mlops.inference.gradcam as gradcam
+    import mlops.inference.classify as classify  # (where ImageClassifier.compute looks explain_forward up)
 
-    original = gradcam.explain_forward
+    original = classify.explain_forward
 
     def counting(model, x, target):
         explained.append(len(x))
         return original(model, x, target)
 
-    monkeypatch.setattr(gradcam, "explain_forward", counting)
+    monkeypatch.setattr(classify, "explain_forward", counting)
     with Calls(predictor) as calls:
         got = burst(store, [(served[task], data, e) for data, e in zip(uploads, explain, strict=True)])
     for answer, single, e in zip(got, singles, explain, strict=True):
@@ -350,30 +353,21 @@ def test_two_versions_of_a_task_are_never_in_one_batch(tmp_path, fracture):
 
 @pytest.mark.timeout(240)
 def test_the_served_burst_is_batched_with_the_sequential_answers(tmp_path, fracture, fume_hood):
-    from tests.test_serving_hotpath import post
+    from tests.test_serving_hotpath import sequential_then_burst
 
     predictors = {"fracture": fracture, "fume_hood": fume_hood}
     with serving(tmp_path / "served", predictors, batch_wait_ms=20, max_batch=8) as server:
-        uploads = [(task, photo(seed)) for seed in range(4) for task in predictors]
-        sequential = {}
-        for task, data in uploads:
-            resp = post(server, task, data)
-            assert resp.status_code == 200, resp.text
-            sequential[(task, data)] = resp.json()
-        burst = uploads * 6  # 48 requests, 16 clients at once
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda job: post(server, *job), burst))
-        assert [r.status_code for r in answers] == [200] * len(burst)
-        for job, resp in zip(burst, answers, strict=True):
-            assert_same_answer(resp.json(), sequential[job])
+        pairs = sequential_then_burst(server, tuple(predictors))
+        for answer, single in pairs:
+            assert_same_answer(answer, single)
         store = server["app"].state.store
         batchers = [store.batchers(task) for task in predictors]
-        assert sum(b.requests for b in batchers) == len(uploads) + len(burst)
+        assert sum(b.requests for b in batchers) == len(pairs) + len(pairs) // 6  # the burst and the sequential
         assert sum(b.batches for b in batchers) < sum(b.requests for b in batchers)  # some were batched
 
 
 @pytest.mark.timeout(60)
-def test_the_thread_pool_holds_every_lane_full_and_spare_threads():
+def test_the_thread_pool_holds_every_lane_full_and_spare_threads(tmp_path):
     """Each admitted request holds a worker thread while it waits for its batch: anyio's default 40 would run out
     under two full batched lanes (2 * 4 * 8) and leave /healthz waiting."""
     import anyio
@@ -390,3 +384,13 @@ def test_the_thread_pool_holds_every_lane_full_and_spare_threads():
     before, after = anyio.run(sized, lane_threads)
     assert before == 40 and after == lane_threads + SPARE_THREADS > 40
     assert anyio.run(sized, 4)[1] == 40  # never below anyio's own default
+
+    # the service sizes its own loop's pool at start-up (an empty store: no champion needed for the sizing)
+    from fastapi.testclient import TestClient
+
+    from mlops.serving.app import create_app
+
+    app = create_app(Settings(_env_file=None, home=tmp_path / "home", alias_poll_seconds=0), ["fracture"])
+    with TestClient(app) as client:
+        tokens = client.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens)
+    assert tokens == settings.queue_per_task * settings.max_batch + SPARE_THREADS

@@ -419,20 +419,27 @@ def post(server: dict, task: str, data: bytes, explain: str | None = None, key: 
     )
 
 
-def test_concurrent_requests_get_the_answers_sequential_requests_got(server):
-    uploads = [(task, photo(seed)) for seed in range(4) for task in ("fracture", "fume_hood")]
+def sequential_then_burst(server, tasks: tuple[str, ...] = ("fracture", "fume_hood")) -> list[tuple[dict, dict]]:
+    """Four uploads per task answered one at a time, then the same uploads six times over from 16 clients at once
+    (48 requests for two tasks), every answer 200: (burst answer, the sequential answer to its upload) per request."""
+    uploads = [(task, photo(seed)) for seed in range(4) for task in tasks]
     sequential = {}
     for task, data in uploads:
         resp = post(server, task, data)
         assert resp.status_code == 200, resp.text
         sequential[(task, data)] = resp.json()
-    burst = uploads * 6  # 48 requests, 16 clients at once
+    burst = uploads * 6
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda job: post(server, *job), burst))
     assert [r.status_code for r in answers] == [200] * len(burst)
-    for (task, data), resp in zip(burst, answers, strict=True):
-        assert resp.json() == sequential[(task, data)]  # probabilities and heat map, bit for bit
-    body = answers[0].json()
+    return [(resp.json(), sequential[job]) for job, resp in zip(burst, answers, strict=True)]
+
+
+def test_concurrent_requests_get_the_answers_sequential_requests_got(server):
+    pairs = sequential_then_burst(server)
+    for answer, single in pairs:
+        assert answer == single  # probabilities and heat map, bit for bit
+    body = pairs[0][0]
     with Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))) as img:
         assert img.size == (64, 64)  # fracture's model input
 

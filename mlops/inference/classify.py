@@ -57,27 +57,44 @@ class ImageClassifier(Predictor):
         with torch.no_grad():
             return self.model(x).softmax(dim=1).numpy()
 
-    def explain(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (classes,) and the Grad-CAM map (H, W) of the evidence, for one model input, from one
-        forward pass."""
-        x = torch.as_tensor(gray[None, None])
+    def model_input(self, data: bytes) -> np.ndarray:
+        """The model input (H, W) of one PNG/JPEG upload; BadInput (4xx) for a bad file."""
+        return self.preprocess(decode_image(data, max_pixels=self.max_pixels))
+
+    def compute(self, grays: list[np.ndarray], explain: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Probabilities (classes,) and, when ``explain``, the Grad-CAM map (H, W) of the evidence, for model inputs
+        of one shape computed as one batch: one forward pass (no-grad without the map). The service's micro-batches
+        (mlops/serving/batching.py) and a single upload both come here; a batch equals its inputs one by one up to
+        float rounding."""
+        x = np.stack(grays)[:, None]
+        if not explain:
+            return [(probs, None) for probs in self.predict_array(x)]
         if not self.parallel_safe:  # a model without the features/head split: hooks, then a forward of its own
-            heat = grad_cam(self.model, x, self.evidence, self.model.cam_layer)[0].numpy()
-            return self.predict_array(x.numpy())[0], heat
-        logits, heat = explain_forward(self.model, x, self.evidence)
-        return logits.softmax(dim=1)[0].numpy(), heat[0].numpy()
+            heat = grad_cam(self.model, torch.as_tensor(x), self.evidence, self.model.cam_layer).numpy()
+            return list(zip(self.predict_array(x), heat, strict=True))
+        logits, heat = explain_forward(self.model, torch.as_tensor(x), self.evidence)
+        return list(zip(logits.softmax(dim=1).numpy(), heat.numpy(), strict=True))
+
+    def explain(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (classes,) and the Grad-CAM map (H, W) of the evidence, for one model input."""
+        probs, heat = self.compute([gray])[0]
+        assert heat is not None
+        return probs, heat
+
+    def finish(self, gray: np.ndarray, probs: np.ndarray, heat: np.ndarray | None) -> dict[str, Any]:
+        """The answer for one model input: with the heat map drawn over it, or (``heat`` None) without the
+        ``heatmap_png`` field."""
+        if heat is None:
+            answer = self.answer(probs, "")
+            answer.pop("heatmap_png", None)
+            return answer
+        return self.answer(probs, base64.b64encode(heatmap_overlay_png(gray, heat)).decode())
 
     def predict_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
         """The answer and heat map of one PNG/JPEG upload; BadInput (4xx) for bad files. ``explain=False``: the
         answer alone (one no-grad forward, no Grad-CAM, no PNG), without the ``heatmap_png`` field."""
-        image = decode_image(data, max_pixels=self.max_pixels)
-        gray = self.preprocess(image)
-        if not explain:
-            answer = self.answer(self.predict_array(gray[None, None])[0], "")
-            answer.pop("heatmap_png", None)
-            return answer
-        probs, heat = self.explain(gray)
-        return self.answer(probs, base64.b64encode(heatmap_overlay_png(gray, heat)).decode())
+        gray = self.model_input(data)
+        return self.finish(gray, *self.compute([gray], explain)[0])
 
     def warm_up(self) -> None:
         """The whole upload path once, at model load: the decoders, autograd, the PNG encoder and the colour

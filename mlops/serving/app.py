@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
 
         connect(settings)
         names = tasks or task_names()
-        size_thread_pool(settings.queue_per_task * max(1, settings.max_batch) * len(names))
+        size_thread_pool(settings.queue_per_task * settings.max_batch * len(names))
         app.state.guard = await run_in_threadpool(Guard, settings)
         store = ModelStore(settings, names)
         await run_in_threadpool(store.refresh)

@@ -28,7 +28,6 @@ turns batching off.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,52 +40,16 @@ from mlops.serving.lanes import Lane, Lanes, LaneTimeout
 
 
 def batchable(predictor: Predictor) -> bool:
-    """Whether ``predictor``'s requests may be computed in batches: the shared image-classifier flow, unchanged,
-    over a model that splits at its cam layer (no hooks) and is in eval mode."""
+    """Whether ``predictor``'s requests may be computed in batches: the shared image-classifier flow
+    (``ImageClassifier.model_input`` / ``compute`` / ``finish``, which ``predict_upload`` is made of, not
+    replaced), over a model that splits at its cam layer (no hooks) and is in eval mode."""
     from mlops.inference.classify import ImageClassifier
 
     if not isinstance(predictor, ImageClassifier) or not predictor.parallel_safe:
         return False
-    cls = type(predictor)
-    if (
-        cls.predict_upload is not ImageClassifier.predict_upload
-        or cls.explain is not ImageClassifier.explain
-        or cls.predict_array is not ImageClassifier.predict_array
-    ):
-        return False  # a predictor that changes the flow is served as it defines it, one request at a time
+    if type(predictor).predict_upload is not ImageClassifier.predict_upload:
+        return False  # a predictor that answers its own way is served as it defines it, one request at a time
     return not any(module.training for module in predictor.model.modules())
-
-
-def prepare(predictor: Any, data: bytes) -> np.ndarray:
-    """The model input (H, W) of one upload, as ``ImageClassifier.predict_upload`` makes it (BadInput if bad)."""
-    from mlops.inference.images import decode_image
-
-    return predictor.preprocess(decode_image(data, max_pixels=predictor.max_pixels))
-
-
-def compute(predictor: Any, grays: list[np.ndarray], explain: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Probabilities (and Grad-CAM maps when ``explain``) of several model inputs of one shape, in one pass: what
-    ``ImageClassifier.explain`` / ``predict_array`` give for each alone, up to float rounding."""
-    import torch
-
-    from mlops.inference.gradcam import explain_forward
-
-    x = np.stack(grays)[:, None]
-    if not explain:
-        return [(probs, None) for probs in predictor.predict_array(x)]
-    logits, heat = explain_forward(predictor.model, torch.as_tensor(x), predictor.evidence)
-    return list(zip(logits.softmax(dim=1).numpy(), heat.numpy(), strict=True))
-
-
-def finish(predictor: Any, gray: np.ndarray, probs: np.ndarray, heat: np.ndarray | None) -> dict[str, Any]:
-    """One request's answer, as ``ImageClassifier.predict_upload`` writes it (no ``heatmap_png`` without a map)."""
-    from mlops.inference.images import heatmap_overlay_png
-
-    if heat is None:
-        answer = predictor.answer(probs, "")
-        answer.pop("heatmap_png", None)
-        return answer
-    return predictor.answer(probs, base64.b64encode(heatmap_overlay_png(gray, heat)).decode())
 
 
 @dataclass
@@ -162,9 +125,9 @@ class TaskBatcher:
         arrival = arrival if arrival is not None and arrival.key == key else self.expect(predictor, explain)
         try:
             with self.lane.admission(shared=True, per_place=self.max_batch):
-                gray = prepare(predictor, data)
+                gray = predictor.model_input(data)
                 probs, heat = self._compute(key, predictor, explain, _Item(gray), arrival)
-                return finish(predictor, gray, probs, heat)
+                return predictor.finish(gray, probs, heat)
         finally:
             arrival.arrived()  # (a refused or undecodable request is no longer awaited)
 
@@ -235,7 +198,7 @@ class TaskBatcher:
             groups.setdefault(item.gray.shape, []).append(item)
         for group in groups.values():
             try:
-                results = compute(batch.predictor, [item.gray for item in group], batch.explain)
+                results = batch.predictor.compute([item.gray for item in group], batch.explain)
             except Exception as exc:
                 if len(group) == 1:
                     group[0].error = exc
@@ -243,7 +206,7 @@ class TaskBatcher:
                 # one input may be what the model cannot take: each alone, so only its own request fails
                 for item in group:
                     try:
-                        item.result = compute(batch.predictor, [item.gray], batch.explain)[0]
+                        item.result = batch.predictor.compute([item.gray], batch.explain)[0]
                     except Exception as single:
                         item.error = single
                 continue
