@@ -66,9 +66,20 @@ def friendly(fn):
 
 
 def _settings():
+    """The settings from the environment (and .env); a bad value is a ConfigError naming its variable."""
+    from pydantic import ValidationError
+
+    from mlops.config import ConfigError
     from mlops.settings import Settings
 
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"MLOPS_{'_'.join(str(part) for part in e['loc']).upper()}={e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"bad setting: {bad}. Fix or unset it (README: Settings).") from None
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -705,6 +716,7 @@ def registry_card(task: str, version: str, params_path: ParamsOpt = Path("params
 
 
 @app.command("serve")
+@friendly
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve every task's champion over HTTP (FastAPI + uvicorn)."""
     import torch
@@ -737,6 +749,7 @@ def tasks() -> None:
 
 
 @app.command("info")
+@friendly
 def info() -> None:
     """Where the tracking store, artifacts and Optuna storage live, and how to look at them."""
     import shlex

@@ -92,3 +92,14 @@ def test_keys_work_on_a_fresh_checkout_whose_store_folder_does_not_exist_yet(tmp
         capture_output=True, text=True, timeout=100, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert listed.returncode == 0 and "first admin" in listed.stdout
+
+
+@pytest.mark.parametrize("command", [["info"], ["serve", "--port", "1"]])
+def test_a_bad_setting_is_named_not_a_traceback(command, monkeypatch):
+    monkeypatch.setenv("MLOPS_MAX_BATCH", "0")
+    monkeypatch.setenv("MLOPS_BATCH_WAIT_MS", "soon")
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "MLOPS_MAX_BATCH='0'" in said and "MLOPS_BATCH_WAIT_MS='soon'" in said, said
+    assert "Traceback" not in result.output
