@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,11 +44,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str, logdir: Path) -> Iterator[str]:
-    """Start a server process, wait until ``ready`` answers 200, yield its base URL, stop it."""
+    """Start a server process (``{port}`` in ``cmd``: a free one) in its own process group, wait until ``ready``
+    answers 200, yield its base URL, stop the group (a server's forked workers go with it)."""
+    logdir.mkdir(parents=True, exist_ok=True)
     log = (logdir / f"{name}.log").open("w")
     port = free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
@@ -60,11 +65,12 @@ def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str
             time.sleep(0.5)
         yield base
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
 

@@ -16,54 +16,20 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root, for bench.*
+from bench.serving import server  # noqa: E402
+
 ROOT = Path.cwd()
 BIN = Path(sys.executable).parent
 VIEWPORT = {"width": 1500, "height": 950}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(cmd: list[str], log: Path, ready: str, seconds: float = 180) -> Iterator[None]:
-    """``cmd`` in its own process group writing to ``log``; yields once ``ready`` answers 200, then stops it."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    try:
-        deadline = time.time() + seconds
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready, timeout=3).status_code == 200:
-                    break
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"{cmd[0]} did not come up ({ready}); see {log}")
-            time.sleep(0.5)
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def shoot(page, url: str, path: Path, wait_for: str | None = None, settle: float = 4.0) -> None:
@@ -163,42 +129,22 @@ def main() -> None:
     capture(["dvc", "metrics", "show"], out / "dvc-metrics-show.txt")
     capture([str(BIN / "mlops"), "registry", "status"], out / "registry-status.txt")
 
-    ports = {name: free_port() for name in ("mlflow", "optuna", "serve")}
-    mlflow = [
-        str(BIN / "mlflow"),
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(ports["mlflow"]),
-        "--workers",
-        "1",
-    ]
-    optuna = [
-        str(BIN / "optuna-dashboard"),
-        dashboard_storage(settings.resolved_optuna_storage),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(ports["optuna"]),
-    ]
-    serve = [str(BIN / "mlops"), "serve", "--port", str(ports["serve"])]
+    local = ["--host", "127.0.0.1", "--port", "{port}"]  # (bench.serving.server fills in a free port)
+    mlflow = [str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, *local, "--workers", "1"]
+    optuna = [str(BIN / "optuna-dashboard"), dashboard_storage(settings.resolved_optuna_storage), *local]
+    serve = [str(BIN / "mlops"), "serve", *local]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport=VIEWPORT)
+        env, here = dict(os.environ), Path.cwd()
         print("MLflow UI")
-        base = f"http://127.0.0.1:{ports['mlflow']}"
-        with server(mlflow, logs / "mlflow.log", f"{base}/health"):
+        with server("mlflow", mlflow, env, here, "/health", logs) as base:
             mlflow_views(page, base, out, uri)
         print("Optuna dashboard")
-        base = f"http://127.0.0.1:{ports['optuna']}"
-        with server(optuna, logs / "optuna-dashboard.log", f"{base}/api/studies"):
+        with server("optuna-dashboard", optuna, env, here, "/api/studies", logs) as base:
             optuna_views(page, base, out)
         print("web page")
-        base = f"http://127.0.0.1:{ports['serve']}"
-        with server(serve, logs / "serve.log", f"{base}/readyz", seconds=300):
+        with server("serve", serve, env, here, "/readyz", logs) as base:
             web_views(page, base, out, keyfile.read_text().strip(), tasks)
         browser.close()
     (out / "index.json").write_text(json.dumps(sorted(p.name for p in out.glob("*.png")), indent=1) + "\n")
