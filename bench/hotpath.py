@@ -180,7 +180,6 @@ def batched_row(champion: tuple, folder: Path, seconds: float, clients: int) -> 
     import torch
 
     from mlops.inference.gradcam import explain_forward
-    from mlops.inference.images import decode_image
     from mlops.serving.lanes import usable_cores
     from mlops.serving.model_store import ModelStore, ServedModel
     from mlops.settings import Settings
@@ -193,7 +192,7 @@ def batched_row(champion: tuple, folder: Path, seconds: float, clients: int) -> 
     batched = ModelStore(settings, [])
     unbatched = ModelStore(settings.model_copy(update={"batch_wait_ms": 0.0}), [])
     served = ServedModel(task, "1", "champion", predictor)
-    x = torch.as_tensor(np.stack([predictor.preprocess(decode_image(data))] * settings.max_batch)[:, None])
+    x = torch.as_tensor(np.stack([predictor.model_input(data)] * settings.max_batch)[:, None])
     width = usable_cores()  # the batches a lane computes at once
 
     def request(store: ModelStore) -> int:
