@@ -59,10 +59,10 @@ class CostModel:
 
 
 class LaneFull(RuntimeError):
-    def __init__(self, task: str, capacity: int, retry_after: int):
+    def __init__(self, task: str, capacity: int, retry_after: int, batched: bool = False):
+        limit = "MLOPS_QUEUE_PER_TASK x MLOPS_MAX_BATCH" if batched else "MLOPS_QUEUE_PER_TASK"
         super().__init__(
-            f"{task} is busy: {capacity} requests are already computing or waiting (MLOPS_QUEUE_PER_TASK); "
-            f"retry in {retry_after} s"
+            f"{task} is busy: {capacity} requests are already computing or waiting ({limit}); retry in {retry_after} s"
         )
         self.retry_after = retry_after
 
@@ -141,7 +141,7 @@ class Lane:
         with self._count:
             if self.admitted >= limit:
                 retry = max(1, round(self._recent * self.admitted / per_place / (self.width if shared else 1)))
-                raise LaneFull(self.task, limit, retry)
+                raise LaneFull(self.task, limit, retry, batched=per_place > 1)
             self.admitted += 1
         try:
             yield
