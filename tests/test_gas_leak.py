@@ -9,6 +9,7 @@ import base64
 import copy
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -441,6 +442,24 @@ def test_predictor_answers_a_good_npy_and_npz(predictor, raw_dir):
         assert base64.b64decode(result["heatmap_png"]).startswith(b"\x89PNG")
     assert predictor.predict_array(to_channels(stack[:FRAMES])[None]).shape == (1, N_ANSWER)
     assert predictor.predict_array(predictor.warmup_input()).shape == (1, N_ANSWER)
+
+
+def test_explain_false_answers_the_same_without_computing_the_heat_map(predictor, raw_dir, monkeypatch):
+    data = _npy(_stack(raw_dir))
+    full = predictor.answer_upload(data, "application/x-npy")
+    inference = sys.modules[type(predictor).__module__]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("explain=false computed the explanation")
+
+    monkeypatch.setattr(inference, "explain_batch", refuse)
+    monkeypatch.setattr(inference, "heatmap_overlay_png", refuse)
+    plain = predictor.answer_upload(data, "application/x-npy", explain=False)
+    assert "heatmap_png" not in plain
+    full.pop("heatmap_png")
+    assert plain == full
+    monkeypatch.undo()
+    predictor.warm_up()  # a zero stack runs the whole path at model load
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from mlops.params import load_experiment, load_params
 from mlops.tasks import get_task
 from mlops.tasks.base import ModelSpec
 from mlops.tasks.capabilities import Calibrates, ComparesArms
+from mlops.tasks.skeleton import plots
 from mlops.tasks.skeleton.evaluate import compare_arms, window_labels
 from mlops.tasks.skeleton.inference import SkeletonPredictor, load
 from mlops.tasks.skeleton.layout import frame_path
@@ -534,6 +535,22 @@ def test_predictor_scores_openpose_json_zip_and_maps(predictor, spec):
     from_maps = predictor.predict_upload(npy.getvalue(), "application/octet-stream")
     assert from_maps["scores"] == answer["scores"]
     assert predictor.predict_array(predictor.warmup_input()).shape == (1,)
+
+
+def test_explain_false_answers_the_same_without_drawing_the_timeline(predictor, monkeypatch):
+    data = json.dumps(frames_json(34)).encode()
+    full = predictor.answer_upload(data, "application/json")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("explain=false drew the timeline")
+
+    monkeypatch.setattr(plots, "score_timeline", refuse)
+    plain = predictor.answer_upload(data, "application/json", explain=False)
+    assert "timeline_png" not in plain
+    full.pop("timeline_png")
+    assert plain == full
+    with pytest.raises(AssertionError, match="drew the timeline"):
+        predictor.warm_up()  # model load draws one timeline: matplotlib is loaded then, not on a request
 
 
 def _npy(array: np.ndarray) -> bytes:

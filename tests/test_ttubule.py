@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -645,6 +646,24 @@ def test_predictor_answers_a_stack_and_a_slice(predictor, raw):
     assert one["shape"] == [1, 64, 64] and len(one["classes"]["myofibril"]["masks_png"]) == 1
     assert predictor.predict_upload(_npy(stack), "application/octet-stream")["shape"] == [3, 64, 64]
     assert predictor.predict_array(predictor.warmup_input()).shape == (1, 5, 64, 64)
+
+
+def test_explain_false_answers_the_same_without_drawing_the_overlay(predictor, raw, monkeypatch):
+    data = _tiff(tifffile.imread(raw / "vol000" / "image.tif")[:3])
+    full = predictor.answer_upload(data, "image/tiff")
+    assert base64_png(full["overlay_png"]).size == (64, 64)
+    inference = sys.modules[type(predictor).__module__]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("explain=false drew the overlay")
+
+    monkeypatch.setattr(inference, "class_overlay", refuse)
+    plain = predictor.answer_upload(data, "image/tiff", explain=False)
+    assert "overlay_png" not in plain and "overlay_slice" not in plain
+    del full["overlay_png"], full["overlay_slice"]
+    assert plain == full
+    monkeypatch.undo()
+    predictor.warm_up()  # one uniform slice runs the whole path at model load
 
 
 def base64_png(text: str):

@@ -25,6 +25,13 @@ MAX_NPZ_MEMBERS = 8
 _READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a .npy file (what a client uploads; the predictors' warm-ups send one)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
 def read_npy(data: bytes, max_values: int, what: str) -> np.ndarray:
     """The array in ``data`` (a .npy file) if its header declares at most ``max_values`` values of a plain numeric
     or boolean dtype and the file holds exactly the bytes the header declares; BadInput (413/422) otherwise."""

@@ -61,6 +61,8 @@ class Predictor(ABC):
     parallel_safe: bool = False
     #: ``predict_upload`` takes ``explain=False`` and then computes no explanation (``answer_upload``).
     skips_explanation: bool = False
+    #: the answer's fields that only explain it (pictures drawn for people); ``explain=False`` leaves them out.
+    explanation_fields: tuple[str, ...] = ("heatmap_png",)
 
     @abstractmethod
     def predict_array(self, batch: np.ndarray) -> np.ndarray:
@@ -80,14 +82,16 @@ class Predictor(ABC):
         self.predict_array(self.warmup_input())
 
     def answer_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
-        """``predict_upload``; with ``explain=False`` the answer without its heat map (``heatmap_png`` left out).
-        A predictor with ``skips_explanation`` then computes none; any other computes it and drops it."""
+        """``predict_upload``; with ``explain=False`` the answer without its ``explanation_fields``. A predictor
+        with ``skips_explanation`` then computes none of them; any other (an older plugin's) computes them and
+        drops them."""
         if explain:
             return self.predict_upload(data, content_type)
         if self.skips_explanation:
             return self.predict_upload(data, content_type, explain=False)  # type: ignore[call-arg]
         answer = self.predict_upload(data, content_type)
-        answer.pop("heatmap_png", None)
+        for field in self.explanation_fields:
+            answer.pop(field, None)
         return answer
 
 

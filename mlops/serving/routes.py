@@ -65,14 +65,15 @@ fume_hood and fracture), with its explanation: `heatmap_png`, a base64 PNG of th
 input **at the model's input resolution** (e.g. 64x64 for fracture, 64x48 for fume_hood; scale it for display,
 e.g. with a CSS width), and `explanation`, what the map shows.
 
-`explain=false` answers without the heat map: the JSON has no `heatmap_png` field. fume_hood and fracture then
-compute no Grad-CAM and no PNG (one forward pass without gradients, the cheapest answer); the other tasks compute
-their answer as usual and leave the map out."""
+`explain=false` answers without the pictures drawn to explain the answer, and computes none of them: fume_hood
+and fracture leave out `heatmap_png` (no Grad-CAM, no PNG: one forward pass without gradients, the cheapest
+answer), gas_leak `heatmap_png` (no saliency map), skeleton `timeline_png` (no plot), ttubule `overlay_png` and
+`overlay_slice` (its per-slice masks are the answer and stay). Every other field is the same as with the pictures."""
 
 ExplainParam = Annotated[
     bool,
     Query(
-        description="false: answer without the heat map (no `heatmap_png` field; cheaper for fume_hood and fracture)"
+        description="false: the answer without its pictures (heat map, timeline, overlay), which are then not computed"
     ),
 ]
 

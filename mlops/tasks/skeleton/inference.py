@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlops.inference.arrays import NPY_MAGIC, ZIP_MAGIC, read_npy, read_zip_member
+from mlops.inference.arrays import NPY_MAGIC, ZIP_MAGIC, npy_bytes, read_npy, read_zip_member
 from mlops.inference.base import BadInput, Predictor, admit
 from mlops.inference.model_files import rebuild
 from mlops.tasks.skeleton import plots
@@ -144,6 +144,8 @@ class SkeletonPredictor(Predictor):
     """Per-window anomaly scores of uploaded pose sequences; read-only after construction (thread-safe)."""
 
     accepted_content_types = CONTENT_TYPES
+    skips_explanation = True
+    explanation_fields = ("timeline_png",)
 
     def __init__(self, model: torch.nn.Module, spec: dict[str, Any]):
         self.model = model.eval()
@@ -161,6 +163,12 @@ class SkeletonPredictor(Predictor):
     def warmup_input(self) -> np.ndarray:
         return np.zeros((1, self.window, MAP_SIZE, MAP_SIZE), dtype=np.float32)
 
+    def warm_up(self) -> None:
+        """The whole upload path once at model load, timeline drawing included: matplotlib is imported now, not
+        on the first request."""
+        super().warm_up()
+        self.predict_upload(npy_bytes(np.zeros((self.window, MAP_SIZE, MAP_SIZE), np.uint8)), "application/x-npy")
+
     def maps_from_upload(self, data: bytes) -> tuple[np.ndarray, dict[str, int]]:
         """Binary maps (F, 28, 28) of an upload and what preprocessing worked around; BadInput (4xx)."""
         if not data:
@@ -176,7 +184,8 @@ class SkeletonPredictor(Predictor):
         maps, counts = frames_to_maps(frames, self.map_spec)
         return maps, counts.to_json()
 
-    def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+    def predict_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
+        """Per-window scores and flags of one upload, with their timeline drawn (``explain=False``: not drawn)."""
         maps, counts = self.maps_from_upload(data)
         admit(len(maps), "frames")
         if len(maps) < self.window:
@@ -188,8 +197,7 @@ class SkeletonPredictor(Predictor):
         scores, _ = score_windows(self.model, maps, starts, self.window)
         ends = starts + self.window - 1
         flags = None if self.threshold is None else scores > self.threshold
-        png = plots.score_timeline([("upload", ends, scores, [])], self.threshold, None)
-        return {
+        answer = {
             "window": self.window,
             "n_frames": int(len(maps)),
             "n_windows": int(len(scores)),
@@ -200,13 +208,16 @@ class SkeletonPredictor(Predictor):
             "n_flagged": None if flags is None else int(flags.sum()),
             "flagged_spans": None if flags is None else flagged_spans(ends, flags),
             "preprocessing": counts,
-            "timeline_png": base64.b64encode(png).decode(),
             "explanation": (
                 f"score = reconstruction error of each {self.window}-frame window (higher = less like the normal "
                 "work seen in training), placed at the window's last frame; flagged above the threshold chosen "
                 "on held-out normal videos"
             ),
         }
+        if explain:
+            png = plots.score_timeline([("upload", ends, scores, [])], self.threshold, None)
+            answer["timeline_png"] = base64.b64encode(png).decode()
+        return answer
 
 
 def load(weights_path: Path, spec: dict[str, Any]) -> SkeletonPredictor:

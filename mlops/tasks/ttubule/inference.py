@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlops.inference.arrays import NPY_MAGIC, read_npy
+from mlops.inference.arrays import NPY_MAGIC, npy_bytes, read_npy
 from mlops.inference.base import BadInput, Predictor, admit
 from mlops.inference.model_files import rebuild
 from mlops.inference.tiff import TIFF_MAGIC, check_tiff
@@ -103,6 +103,8 @@ def decode_upload(data: bytes, content_type: str, max_voxels: int) -> np.ndarray
 
 class TTubulePredictor(Predictor):
     accepted_content_types = STACK_TYPES
+    skips_explanation = True
+    explanation_fields = ("overlay_png", "overlay_slice")
 
     def __init__(self, model: torch.nn.Module, spec: dict[str, Any]):
         extra = spec["extra"]
@@ -154,7 +156,14 @@ class TTubulePredictor(Predictor):
             return {cls: winner == cls for cls in CLASS_NAMES}
         return {TTUBULE: probs[:, 0] > 0.5}
 
-    def predict_upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+    def warm_up(self) -> None:
+        """The whole upload path once at model load (instances and overlay PNG included), so the first request
+        pays for no import or first-call setup."""
+        super().warm_up()
+        self.predict_upload(npy_bytes(np.full((64, 64), 120, np.uint8)), "application/x-npy")
+
+    def predict_upload(self, data: bytes, content_type: str, explain: bool = True) -> dict[str, Any]:
+        """Masks and T-tubule instances of one uploaded stack, with one slice's overlay (``explain=False``: none)."""
         stack = decode_upload(data, content_type, self.voxel_limit)
         admit(stack.size, "voxels")
         normalised, skipped = normalize_stack(stack, self.P1, self.P2, self.peaks)
@@ -163,8 +172,7 @@ class TTubulePredictor(Predictor):
         tube_channel = TTUBULE if self.label_mode == "multi" else 0
         tubes = split_instances(probs[:, tube_channel], probs[:, -1], self.instances)
         stats = instance_stats(tubes, self.voxel_size_nm)
-        show = int(np.argmax(masks[TTUBULE].reshape(len(stack), -1).sum(axis=1)))
-        return {
+        answer = {
             "label_mode": self.label_mode,
             "shape": list(stack.shape),
             "classes": {
@@ -184,14 +192,17 @@ class TTubulePredictor(Predictor):
             "voxel_size_nm": list(self.voxel_size_nm),
             "normalisation": {"P1": self.P1, "P2": self.P2, "slices_without_two_peaks": skipped},
             "thresholds": {CLASS_NAMES[cls]: t for cls, t in self.thresholds.items()},
-            "overlay_slice": show,
-            "overlay_png": _png(class_overlay(normalised[show], {c: m[show] for c, m in masks.items()})),
             "explanation": (
                 "masks: one PNG per slice and class (255 = class: probability above the class's threshold, the mean "
                 "of the per-slice best thresholds on the validation slices); instances: 3-D marker watershed of the "
                 "T-tubule probability minus the boundary probability; volumes use the training data's voxel size"
             ),
         }
+        if explain:  # the slice with the most T-tubule, every class drawn over it
+            show = int(np.argmax(masks[TTUBULE].reshape(len(stack), -1).sum(axis=1)))
+            answer["overlay_slice"] = show
+            answer["overlay_png"] = _png(class_overlay(normalised[show], {c: m[show] for c, m in masks.items()}))
+        return answer
 
 
 def load(weights_path: Path, spec: dict[str, Any]) -> TTubulePredictor:
