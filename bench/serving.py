@@ -34,6 +34,8 @@ from bench.report import Section, median, percentile, ratio
 CONCURRENCY = (1, 8, 32)
 #: rate limit of the benchmark's API key: never the bottleneck
 RATE_LIMIT = "100000000"
+#: where two serving processes keep their shared rate-limit buckets (MLOPS_REDIS_URL overrides)
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -43,9 +45,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str, logdir: Path) -> Iterator[str]:
+def server(
+    name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str, logdir: Path, processes: int = 1
+) -> Iterator[str]:
     """Start a server process (``{port}`` in ``cmd``: a free one) in its own process group, wait until ``ready``
-    answers 200, yield its base URL, stop the group (a server's forked workers go with it)."""
+    answers 200 and, for a server of several ``processes``, until each logged its startup; yield its base URL, stop
+    the group (a server's forked workers go with it)."""
     logdir.mkdir(parents=True, exist_ok=True)
     log = (logdir / f"{name}.log").open("w")
     port = free_port()
@@ -58,7 +63,8 @@ def server(name: str, cmd: list[str], env: dict[str, str], cwd: Path, ready: str
         deadline = time.time() + 300
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + ready, timeout=5).status_code == 200:
+                started = (logdir / f"{name}.log").read_text().count("Application startup complete")
+                if httpx.get(base + ready, timeout=5).status_code == 200 and started >= processes:
                     break
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{name} did not start; its log:\n{(logdir / f'{name}.log').read_text()[-3000:]}")
@@ -86,11 +92,25 @@ def threads_note() -> str:
 
 
 def our_service(
-    store: Store, logdir: Path, extra_env: dict[str, str] | None = None
+    store: Store, logdir: Path, extra_env: dict[str, str] | None = None, workers: int = 1
 ) -> contextlib.AbstractContextManager[str]:
     env = {**store.env, **threads_env(), "MLOPS_RATE_LIMIT_PER_MINUTE": RATE_LIMIT, **(extra_env or {})}
-    cmd = [str(BIN / "mlops"), "serve", "--host", "127.0.0.1", "--port", "{port}"]
-    return server("mlops-serve", cmd, env, store.repo, "/readyz", logdir)
+    cmd = [str(BIN / "mlops"), "serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)]
+    name = "mlops-serve" if workers == 1 else f"mlops-serve-{workers}-workers"
+    return server(name, cmd, env, store.repo, "/readyz", logdir, processes=workers)
+
+
+def redis_env() -> tuple[dict[str, str] | None, str]:
+    """What ``mlops serve --workers 2`` needs (its rate-limit buckets in Redis, under a prefix of this run's own),
+    or None and why not when Redis does not answer."""
+    import redis
+
+    url = os.environ.get("MLOPS_REDIS_URL", REDIS_URL)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        return None, f"two serving processes not measured: Redis at {url} does not answer ({exc})"
+    return {"MLOPS_REDIS_URL": url, "MLOPS_REDIS_PREFIX": f"mlops-bench:{os.getpid()}:"}, f"Redis at {url}"
 
 
 def mlflow_server(store: Store, task: str, logdir: Path) -> contextlib.AbstractContextManager[str]:
@@ -330,17 +350,47 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
             "explain=false req/s / MLflow",
         ],
     )
+    shared, redis_note = redis_env()
+    two = None
+    if shared is not None:
+        two = section.table(
+            "two serving processes (`mlops serve --workers 2`, rate limits shared in Redis) against one, measured in "
+            "the same alternating slices as the table above",
+            [
+                "task",
+                "clients",
+                "1 process req/s",
+                "2 processes req/s",
+                "2 / 1 process",
+                "2 processes / MLflow",
+                "2 processes p50",
+                "1 process explain=false req/s",
+                "2 processes explain=false req/s",
+                "explain=false 2 / 1",
+                "explain=false 2 processes / MLflow",
+                "failed (2 processes)",
+            ],
+        )
+    else:
+        section.note(redis_note)
     by_task = samples(store, tasks, work)
-    with our_service(store, work) as ours:
+    with contextlib.ExitStack() as servers:
+        ours = servers.enter_context(our_service(store, work))
+        ours2 = servers.enter_context(our_service(store, work, shared, workers=2)) if shared is not None else None
         for task, sample in by_task.items():
             with mlflow_server(store, task, work) as theirs:
                 diff = _check_and_warm(ours, theirs, sample, headers)
+                if ours2 is not None:
+                    _check_and_warm(ours2, theirs, sample, headers)
                 section.note(
                     f"{task}: champion `{sample.model_name}`, upload {len(sample.upload) / 1024:.0f} KiB "
                     f"{sample.content_type}, model input {tuple(sample.tensor.shape)}; MLflow's answer differs from "
                     f"the in-process model by at most {diff:.1e}"
                 )
                 specs = _with_plain(_specs(ours, theirs, sample, work, headers))
+                if ours2 is not None:
+                    more = _with_plain(_specs(ours2, theirs, sample, work, headers))
+                    specs |= {"ours2": more["ours"], "ours2_plain": more["ours_plain"]}
                 for clients in CONCURRENCY:
                     got = compare(specs, clients, duration, warmup, rounds)
                     a, b, plain = got["ours"], got["mlflow"], got["ours_plain"]
@@ -360,6 +410,22 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
                         plain.rps,
                         ratio(plain.rps, b.rps),
                     )
+                    if two is not None:
+                        a2, plain2 = got["ours2"], got["ours2_plain"]
+                        two.add(
+                            task,
+                            clients,
+                            a.rps,
+                            a2.rps,
+                            ratio(a2.rps, a.rps),
+                            ratio(a2.rps, b.rps),
+                            a2.p50,
+                            plain.rps,
+                            plain2.rps,
+                            ratio(plain2.rps, plain.rps),
+                            ratio(plain2.rps, b.rps),
+                            a2.errors + plain2.errors,
+                        )
     section.note(
         "Not the same work per request: our route takes the image file and decodes, preprocesses, runs one forward "
         "pass with the Grad-CAM backward through the head and encodes a heat-map PNG at the model's resolution; "
@@ -374,6 +440,12 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
         "pool. The load generator (async httpx, one process, one "
         f"connection per client) shares the same cores. {key_note}."
     )
+    if two is not None:
+        section.note(
+            "Two processes: each loads every champion and computes with one torch thread, in lanes and micro-batches "
+            f"of its own; their per-key rate limits live in {redis_note}. MLflow's server stays at one worker "
+            "(`-w 1`), its setting in table 1."
+        )
     return section
 
 

@@ -717,23 +717,39 @@ def registry_card(task: str, version: str, params_path: ParamsOpt = Path("params
 
 @app.command("serve")
 @friendly
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="serving processes, each with every champion loaded and one torch thread; more than 1 needs "
+        "MLOPS_REDIS_URL so that the processes share each key's rate limit",
+    ),
+) -> None:
     """Serve every task's champion over HTTP (FastAPI + uvicorn)."""
-    import torch
     import uvicorn
 
-    from mlops.serving.access_log import redact_query_secrets
-    from mlops.serving.app import create_app
+    from mlops.config import ConfigError
 
-    # One torch thread per computation: requests compute side by side in their lanes (one per core), and a second
-    # intra-op thread per request bought no throughput on a quiet machine and collapsed it on a busy one.
-    torch.set_num_threads(1)
     settings = _settings()
-    redact_query_secrets()
+    if workers > 1 and not settings.redis_url:
+        raise ConfigError(
+            f"--workers {workers} runs {workers} processes, each counting rate limits on its own: a key would get "
+            f"up to {workers}x its MLOPS_RATE_LIMIT_PER_MINUTE. Set MLOPS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) "
+            "so that they share one bucket per key, or serve with --workers 1."
+        )
     # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default; only the configured proxies are believed.
     trusted = settings.forwarded_allow_ips.strip()
+    # An import string, not an app: each worker process builds its own app (models, lanes, key cache) there.
     uvicorn.run(
-        create_app(), host=host, port=port, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or "127.0.0.1"
+        "mlops.serving.app:service_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or "127.0.0.1",
     )
 
 

@@ -112,7 +112,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     #: Redis for the rate limits (redis://host:6379/0): every replica then shares one bucket per key, so N
     #: replicas behind the k8s HPA allow the configured rate, not N times it. Unset: per process, in memory.
+    #: ``mlops serve --workers N`` (N > 1) requires it.
     redis_url: str | None = None
+    #: Prefix of the buckets' Redis keys: deployments sharing one Redis (staging, production) keep apart.
+    redis_prefix: str = "mlops:ratelimit:"
     #: Shared secret of the MLflow registry webhook (HMAC of each delivery); unset = webhook needs an admin key.
     webhook_secret: str | None = None
     #: The params.yaml whose gates a promotion through the service checks.

@@ -103,3 +103,12 @@ def test_a_bad_setting_is_named_not_a_traceback(command, monkeypatch):
     said = " ".join(result.output.split())
     assert "MLOPS_MAX_BATCH='0'" in said and "MLOPS_BATCH_WAIT_MS='soon'" in said, said
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_several_workers_without_shared_rate_limits(monkeypatch):
+    monkeypatch.delenv("MLOPS_REDIS_URL", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--port", "1", "--workers", "2"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "Set MLOPS_REDIS_URL" in said and "--workers 1" in said, said
+    assert "Traceback" not in result.output

@@ -51,6 +51,7 @@ def test_replicas_share_one_bucket_per_key_in_redis(prefix):
 
 def test_settings_choose_redis_and_an_unreachable_redis_says_which_setting(prefix):
     assert isinstance(make_limiter(Settings(redis_url=REDIS_URL, _env_file=None)), RedisRateLimiter)
+    assert make_limiter(Settings(redis_url=REDIS_URL, redis_prefix=prefix, _env_file=None)).prefix == prefix
     assert isinstance(make_limiter(Settings(redis_url=None, _env_file=None)), RateLimiter)
     with pytest.raises(ConnectionError, match="MLOPS_REDIS_URL"):
         RedisRateLimiter("redis://127.0.0.1:1/0", 60, 5)
@@ -86,18 +87,22 @@ def test_guessing_keys_is_rate_limited_per_address(tmp_path, monkeypatch):
         guard.log.close()
 
 
-def test_a_real_server_believes_no_forwarded_for_and_logs_no_query_secret(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_real_server_believes_no_forwarded_for_and_logs_no_query_secret(tmp_path, workers, prefix):
     """A real `mlops serve` (no model needed): a client rotating X-Forwarded-For from 127.0.0.1 still spends one
     address's failed-authentication bucket (uvicorn would believe the header from 127.0.0.1 by default), and a key
-    put in a query string does not reach the access log."""
+    put in a query string does not reach the access log. With ``--workers 2`` the same holds across both processes
+    (the bucket lives in Redis), and each process built its own app."""
     import httpx
 
     from tests.conftest import ROOT, env_for, free_port, start_process, stop_process, wait_ready
 
     env = env_for(tmp_path / "home")
     env.update(MLOPS_AUTH_FAILURES_PER_MINUTE="1", MLOPS_AUTH_FAILURES_BURST="3")
+    if workers > 1:
+        env.update(MLOPS_REDIS_URL=REDIS_URL, MLOPS_REDIS_PREFIX=prefix)
     port, log = free_port(), tmp_path / "serve.log"
-    proc = start_process(["mlops", "serve", "--port", str(port)], ROOT, env, log)
+    proc = start_process(["mlops", "serve", "--port", str(port), "--workers", str(workers)], ROOT, env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc, path="/healthz")
@@ -119,3 +124,4 @@ def test_a_real_server_believes_no_forwarded_for_and_logs_no_query_secret(tmp_pa
     text = log.read_text()
     assert "api_key=[redacted]&task=fracture" in text
     assert secret not in text
+    assert text.count("Application startup complete") == workers, text

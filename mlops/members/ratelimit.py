@@ -89,5 +89,5 @@ def make_limiter(settings, per_minute: int | None = None, burst: int | None = No
     per_minute = per_minute or settings.rate_limit_per_minute
     burst = burst or settings.rate_limit_burst
     if settings.redis_url:
-        return RedisRateLimiter(settings.redis_url, per_minute, burst)
+        return RedisRateLimiter(settings.redis_url, per_minute, burst, settings.redis_prefix)
     return RateLimiter(per_minute, burst)

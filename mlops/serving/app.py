@@ -122,3 +122,17 @@ def create_app(settings: Settings | None = None, tasks: list[str] | None = None)
         return rate_limited_response(exc)
 
     return app
+
+
+def service_app() -> FastAPI:
+    """The app ``mlops serve`` runs, built in each of its processes: one torch thread, no secret in the access log.
+
+    One torch thread per computation: requests compute side by side in their lanes (one per core), and a second
+    intra-op thread per request bought no throughput on a quiet machine and collapsed it on a busy one."""
+    import torch
+
+    from mlops.serving.access_log import redact_query_secrets
+
+    torch.set_num_threads(1)
+    redact_query_secrets()
+    return create_app()
