@@ -193,3 +193,53 @@ def test_arms_trained_side_by_side_get_the_weights_they_get_one_after_another(tm
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
     assert digests[1] == digests[2]
+
+
+def _log_the_shared_dataset(uri: str, experiment: str, barrier, results) -> None:
+    """One arm's process: a run that logs the dataset every arm logs, all of them at the same moment."""
+    import mlflow
+    import numpy as np
+
+    from mlops.tracking.runs import log_dataset
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        barrier.wait(timeout=120)
+        try:
+            log_dataset(np.zeros((30, 4, 4), np.uint8), np.zeros(30, np.int64), "t-train", "/data", "md5", "training")
+            results.put((run.info.run_id, "ok"))
+        except Exception as exc:  # reported to the test, which names it
+            results.put((run.info.run_id, f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_logging_the_same_dataset_at_once_all_get_it(backend, tmp_path):
+    """The CI failure of the test above: arms fitted side by side log one dataset at the same moment, MLflow's store
+    inserts it in each process, and all but one broke its unique key. Four processes released by one barrier,
+    against a real SQLite file and a real PostgreSQL database: each run has the dataset (without the retry three of
+    the four failed, on both)."""
+    import contextlib
+    import multiprocessing
+
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import pg_database
+
+    with contextlib.ExitStack() as stack:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if backend == "sqlite" else stack.enter_context(pg_database())
+        client = MlflowClient(uri)
+        ctx = multiprocessing.get_context("spawn")
+        experiment = client.create_experiment("arms", artifact_location=str(tmp_path / "art"))
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_log_the_shared_dataset, args=(uri, experiment, barrier, results))
+                 for _ in range(4)]  # fmt: skip
+        for proc in procs:
+            proc.start()
+        got = [results.get(timeout=240) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [outcome for _, outcome in got] == ["ok"] * 4, got
+        for run_id, _ in got:
+            inputs = client.get_run(run_id).inputs.dataset_inputs
+            assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("t-train", "md5")]

@@ -40,7 +40,21 @@ def log_dataset(x: np.ndarray, y: np.ndarray, name: str, source: str, digest: st
     import mlflow
 
     dataset = mlflow.data.from_numpy(features=x, targets=y, source=source, name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # Arms fitted side by side (and parallel sweep trials) log the same dataset at once: MLflow's store
+            # looks it up, finds none and inserts it in each process, and all but one insert break the unique
+            # key. The rolled-back one finds the row on its next try and only links it to its run.
+            if attempt == 2 or not _duplicate_row(exc):
+                raise
+
+
+def _duplicate_row(exc: Exception) -> bool:
+    text = str(exc)
+    return any(words in text for words in ("UNIQUE constraint failed", "duplicate key value", "IntegrityError"))
 
 
 #: Significant digits of a logged metric: about float32's precision (24 bits, ~7.2 digits). Most metrics are
