@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from datetime import UTC, datetime
+from itertools import groupby
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,14 @@ def test_status_card_history_at_and_cli_on_postgres(pg_registry):
     assert f"v{v2}" in card and "test_accuracy" in card and "md5-a" in card
     assert "| test_accuracy | 0.85 [0.85, 0.85] | >= 0.5 | 0.85 [0.85, 0.85] |" in card  # v2 is the champion now
     assert f"vs champion v{v1}, paired on 1000 test cases in 10 groups" in card and "better" in card
+    rows = groupby(card.splitlines(), key=lambda line: line.startswith("|"))
+    tables = [list(lines) for is_table, lines in rows if is_table]
+    assert len(tables) == 3  # data, metrics, lineage: each opens with a header row, then the delimiter row
+    # Markdown shows a table's first row as its header: a data row there (the lineage's git commit) read as a title
+    assert [table[0] for table in tables] == ["| what | value |", tables[1][0], "| what | value |"], card
+    assert tables[1][0].startswith("| metric | value [interval] |"), card
+    assert all(set(table[1].replace("|", "").split()) == {"---"} for table in tables), card
+    assert all("---" not in row for table in tables for row in table[:1] + table[2:]), card
     assert history(TASK, settings, at=between)[-1].to_version == v1
 
     env = {
