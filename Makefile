@@ -6,13 +6,16 @@ PYTHON ?= .venv/bin/python
 BENCH = $(PYTHON) -m bench
 BENCH_ARGS ?=
 
-.PHONY: findings bench bench-serving bench-overhead bench-onnx bench-heavy bench-tracking bench-pruning bench-workers bench-pipeline bench-main
+.PHONY: findings bench bench-serving bench-processes bench-overhead bench-onnx bench-heavy bench-tracking bench-pruning bench-workers bench-pipeline bench-main
 
 bench:
 	$(BENCH) all $(BENCH_ARGS)
 
 bench-serving:
 	$(BENCH) serving $(BENCH_ARGS)
+
+bench-processes:  # needs Redis (MLOPS_REDIS_URL, default redis://127.0.0.1:6379/0) for the shared rate limits
+	$(BENCH) processes $(BENCH_ARGS)
 
 bench-overhead:
 	$(BENCH) overhead $(BENCH_ARGS)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 BENCHMARKS = {
     "serving": "1. our service vs `mlflow models serve`: req/s, p50, p99 at 1, 8, 32 clients (fume_hood, fracture)",
+    "processes": "1b. one serving process vs two (`mlops serve --workers 2`, rate limits in Redis) vs MLflow's",
     "overhead": "2. batch-1 request latency vs the bare forward pass; what batching would gain",
     "onnx": "2c. onnxruntime's forward pass vs torch's for the served image classifiers",
     "heavy": "2d. gas_leak, skeleton, ttubule: a request vs the bare model, and the largest admitted input (--home)",
@@ -22,7 +23,18 @@ BENCHMARKS = {
     "determinism": "7. generation-synchronous vs free-running sweeps; deterministic vs default final fit",
     "main": "6b. the whole main command (./run.sh) in a fresh clone: 20-30 min, not part of `all`",
 }
-ALL = ("serving", "overhead", "onnx", "isolation", "tracking", "pruning", "workers", "pipeline", "determinism")
+ALL = (
+    "serving",
+    "processes",
+    "overhead",
+    "onnx",
+    "isolation",
+    "tracking",
+    "pruning",
+    "workers",
+    "pipeline",
+    "determinism",
+)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--home",
         type=Path,
         help="serve the champions of this existing MLflow store (e.g. .mlops/ after ./run.sh) instead of building a "
-        "tiny pipeline store (serving, overhead, isolation)",
+        "tiny pipeline store (serving, processes, overhead, isolation)",
     )
     parser.add_argument("--quick", action="store_true", help="shorter measurements and budgets (for trying it out)")
     parser.add_argument(
@@ -80,14 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     store = None
     sweep_data = None
     for name in names:
-        if name in ("serving", "overhead"):
+        if name in ("serving", "processes", "overhead"):
             if store is None:
                 from bench.fixture import existing_store, tiny_pipeline
 
                 store = existing_store(args.home) if args.home else tiny_pipeline()
             from bench import serving
 
-            section = (serving.bench_serving if name == "serving" else serving.bench_overhead)(store, args.quick)
+            section = getattr(serving, f"bench_{name}")(store, args.quick)
         elif name == "heavy":
             from bench.fixture import existing_store
             from bench.heavy import bench_heavy

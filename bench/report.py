@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 ORDER = (
     "serving",
+    "processes",
     "overhead",
     "serving_before",  # blocks 1 and 2 as the code before issue 20 measured them (kept beside, never rewritten)
     "overhead_before",
@@ -42,11 +43,11 @@ INTRO = """# Benchmarks
 Measured by `make bench` (`python -m bench all`): every figure below is a **ratio against a baseline measured
 in the same run**, side by side, so that a busy machine shifts both sides rather than deciding the result.
 Absolute numbers are printed too, but only the ratios are meant to be compared across machines.
-Each benchmark runs alone as well (`make bench-serving`, `bench-overhead`, `bench-tracking`, `bench-pruning`,
-`bench-workers`, `bench-pipeline`, `python -m bench isolation`; `make bench-main` times the whole main command in
-a fresh clone, about 20-30 min, so it is not part of `make bench`). Each block below names the machine and date it
-was measured on, and the load average (1 min) before and after it: a load above the core count means other jobs
-shared the CPU.
+Each benchmark runs alone as well (`make bench-serving`, `bench-processes`, `bench-overhead`, `bench-tracking`,
+`bench-pruning`, `bench-workers`, `bench-pipeline`, `python -m bench isolation`; `make bench-main` times the whole
+main command in a fresh clone, about 20-30 min, so it is not part of `make bench`). Each block below names the
+machine and date it was measured on, and the load average (1 min) before and after it: a load above the core count
+means other jobs shared the CPU.
 Benchmarks are not tests: no threshold is checked anywhere.
 """
 

@@ -350,47 +350,17 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
             "explain=false req/s / MLflow",
         ],
     )
-    shared, redis_note = redis_env()
-    two = None
-    if shared is not None:
-        two = section.table(
-            "two serving processes (`mlops serve --workers 2`, rate limits shared in Redis) against one, measured in "
-            "the same alternating slices as the table above",
-            [
-                "task",
-                "clients",
-                "1 process req/s",
-                "2 processes req/s",
-                "2 / 1 process",
-                "2 processes / MLflow",
-                "2 processes p50",
-                "1 process explain=false req/s",
-                "2 processes explain=false req/s",
-                "explain=false 2 / 1",
-                "explain=false 2 processes / MLflow",
-                "failed (2 processes)",
-            ],
-        )
-    else:
-        section.note(redis_note)
     by_task = samples(store, tasks, work)
-    with contextlib.ExitStack() as servers:
-        ours = servers.enter_context(our_service(store, work))
-        ours2 = servers.enter_context(our_service(store, work, shared, workers=2)) if shared is not None else None
+    with our_service(store, work) as ours:
         for task, sample in by_task.items():
             with mlflow_server(store, task, work) as theirs:
                 diff = _check_and_warm(ours, theirs, sample, headers)
-                if ours2 is not None:
-                    _check_and_warm(ours2, theirs, sample, headers)
                 section.note(
                     f"{task}: champion `{sample.model_name}`, upload {len(sample.upload) / 1024:.0f} KiB "
                     f"{sample.content_type}, model input {tuple(sample.tensor.shape)}; MLflow's answer differs from "
                     f"the in-process model by at most {diff:.1e}"
                 )
                 specs = _with_plain(_specs(ours, theirs, sample, work, headers))
-                if ours2 is not None:
-                    more = _with_plain(_specs(ours2, theirs, sample, work, headers))
-                    specs |= {"ours2": more["ours"], "ours2_plain": more["ours_plain"]}
                 for clients in CONCURRENCY:
                     got = compare(specs, clients, duration, warmup, rounds)
                     a, b, plain = got["ours"], got["mlflow"], got["ours_plain"]
@@ -410,22 +380,6 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
                         plain.rps,
                         ratio(plain.rps, b.rps),
                     )
-                    if two is not None:
-                        a2, plain2 = got["ours2"], got["ours2_plain"]
-                        two.add(
-                            task,
-                            clients,
-                            a.rps,
-                            a2.rps,
-                            ratio(a2.rps, a.rps),
-                            ratio(a2.rps, b.rps),
-                            a2.p50,
-                            plain.rps,
-                            plain2.rps,
-                            ratio(plain2.rps, plain.rps),
-                            ratio(plain2.rps, b.rps),
-                            a2.errors + plain2.errors,
-                        )
     section.note(
         "Not the same work per request: our route takes the image file and decodes, preprocesses, runs one forward "
         "pass with the Grad-CAM backward through the head and encodes a heat-map PNG at the model's resolution; "
@@ -440,12 +394,76 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
         "pool. The load generator (async httpx, one process, one "
         f"connection per client) shares the same cores. {key_note}."
     )
-    if two is not None:
-        section.note(
-            "Two processes: each loads every champion and computes with one torch thread, in lanes and micro-batches "
-            f"of its own; their per-key rate limits live in {redis_note}. MLflow's server stays at one worker "
-            "(`-w 1`), its setting in table 1."
-        )
+    return section
+
+
+def bench_processes(store: Store, quick: bool = False) -> Section:
+    """One serving process against two (``mlops serve --workers 2``), each against MLflow's one, in the same
+    alternating slices."""
+    section = Section("processes", "1b. One serving process vs two (`mlops serve --workers 2`)")
+    duration, warmup, rounds = (3.0, 0.5, 2) if quick else (12.0, 0.5, 4)
+    shared, redis_note = redis_env()
+    if shared is None:
+        section.note(redis_note)
+        return section
+    tasks, skipped = champion_tasks(store)
+    for note in skipped:
+        section.note(note)
+    headers, key_note = api_key_headers(store)
+    work = Path(tempfile.mkdtemp(prefix="mlops-bench-processes-"))
+    table = section.table(
+        f"requests/s at N concurrent clients, heat map (default) and `explain=false`: {duration:.0f} s of load per "
+        f"server, mode and level, in {rounds} alternating slices",
+        [
+            "task",
+            "clients",
+            "1 process req/s",
+            "2 processes req/s",
+            "2 / 1 process",
+            "MLflow req/s",
+            "2 processes / MLflow",
+            "1 process explain=false req/s",
+            "2 processes explain=false req/s",
+            "explain=false 2 / 1",
+            "explain=false 2 processes / MLflow",
+            "p50 ms 1 / 2 processes",
+            "failed (1 / 2 processes)",
+        ],
+    )
+    by_task = samples(store, tasks, work)
+    with our_service(store, work) as ours, our_service(store, work, shared, workers=2) as ours2:
+        for task, sample in by_task.items():
+            with mlflow_server(store, task, work) as theirs:
+                _check_and_warm(ours, theirs, sample, headers)
+                _check_and_warm(ours2, theirs, sample, headers)
+                specs = _with_plain(_specs(ours, theirs, sample, work, headers))
+                more = _with_plain(_specs(ours2, theirs, sample, work, headers))
+                specs |= {"ours2": more["ours"], "ours2_plain": more["ours_plain"]}
+                for clients in CONCURRENCY:
+                    got = compare(specs, clients, duration, warmup, rounds)
+                    one, two, mlflow = got["ours"], got["ours2"], got["mlflow"]
+                    plain, plain2 = got["ours_plain"], got["ours2_plain"]
+                    table.add(
+                        task,
+                        clients,
+                        one.rps,
+                        two.rps,
+                        ratio(two.rps, one.rps),
+                        mlflow.rps,
+                        ratio(two.rps, mlflow.rps),
+                        plain.rps,
+                        plain2.rps,
+                        ratio(plain2.rps, plain.rps),
+                        ratio(plain2.rps, mlflow.rps),
+                        f"{one.p50:.1f} / {two.p50:.1f}",
+                        f"{one.errors + plain.errors} / {two.errors + plain2.errors}",
+                    )
+    section.note(
+        "Two processes: each loads every champion and computes with one torch thread, in lanes and micro-batches of "
+        f"its own; their per-key rate limits live in {redis_note}. One process: `mlops serve` as in table 1. MLflow's "
+        "server stays at one worker (`-w 1`), its setting in table 1. The load generator (one process) shares the "
+        f"same cores. {key_note}."
+    )
     return section
 
 
