@@ -83,7 +83,15 @@ def bench_heavy(store, quick: bool = False) -> Section:
     seconds = 3.0 if quick else 10.0
     steps = section.table(
         "median ms on the task's example upload, round-robin in this process (1 torch thread)",
-        ["task", "example upload", "bare model ms", "predict_upload ms", "× bare model"],
+        [
+            "task",
+            "example upload",
+            "bare model ms",
+            "predict_upload ms",
+            "× bare model",
+            "explain=false ms",
+            "explain=false × bare model",
+        ],
     )
     biggest = section.table(
         "one request at the largest input the service admits (seconds, one call after a warm-up call)",
@@ -97,10 +105,15 @@ def bench_heavy(store, quick: bool = False) -> Section:
         predictor = load_champion(store, task)
         example = get_task(task).example_upload(raw / task)
         bare = bare_call(task, predictor, example.data, example.content_type)
-        fns = {"bare": bare, "upload": lambda p=predictor, u=example: p.predict_upload(u.data, u.content_type)}
+        fns = {
+            "bare": bare,
+            "upload": lambda p=predictor, u=example: p.predict_upload(u.data, u.content_type),
+            "plain": lambda p=predictor, u=example: p.answer_upload(u.data, u.content_type, explain=False),
+        }
         got = interleaved(fns, seconds, min_reps=5 if quick else 20)
         what = f"{example.filename} ({len(example.data) / 1024:.0f} KiB)"
-        steps.add(task, what, got["bare"], got["upload"], got["upload"] / got["bare"])
+        b = got["bare"]
+        steps.add(task, what, b, got["upload"], got["upload"] / b, got["plain"], got["plain"] / b)
         data, ctype, shape = largest(task, predictor, example.data, example.content_type)
         predictor.predict_upload(data, ctype)
         started = time.perf_counter()
@@ -109,7 +122,9 @@ def bench_heavy(store, quick: bool = False) -> Section:
     section.note(
         "Bare model: gas_leak's forward on the centre crop (no saliency), skeleton's scoring of every window of the "
         "upload, ttubule's tiled U-Net over every slice; predict_upload adds decoding, the explanation (gas_leak's "
-        "heat map, skeleton's timeline PNG, ttubule's masks, instances and overlay PNGs) and the answer's JSON."
+        "heat map, skeleton's timeline PNG, ttubule's masks, instances and overlay PNGs) and the answer's JSON. "
+        "explain=false (`answer_upload`, as the service calls it) computes no picture: gas_leak one no-grad forward, "
+        "skeleton no timeline, ttubule no overlay (its masks and instances are the answer and stay)."
     )
     section.note(
         "gas_leak answers from the centre crop of the stack (the model's frames), so its largest upload costs the "
