@@ -63,8 +63,11 @@ def server(
         deadline = time.time() + 300
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                started = (logdir / f"{name}.log").read_text().count("Application startup complete")
-                if httpx.get(base + ready, timeout=5).status_code == 200 and started >= processes:
+                # uvicorn logs each worker's startup; other servers (gunicorn's optuna-dashboard) are one process here
+                started = processes == 1 or (
+                    (logdir / f"{name}.log").read_text().count("Application startup complete") >= processes
+                )
+                if started and httpx.get(base + ready, timeout=5).status_code == 200:
                     break
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{name} did not start; its log:\n{(logdir / f'{name}.log').read_text()[-3000:]}")
