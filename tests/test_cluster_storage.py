@@ -11,7 +11,6 @@ No Kubernetes API is involved: see tests/test_k8s_launcher.py for the launcher a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -31,7 +29,17 @@ from mlops.settings import Settings
 from mlops.tuning.generations import logical_table
 from mlops.tuning.kubernetes import ClusterSweepParams, _parent_run, load_template, plan_sweeps, render
 from mlops.tuning.worker import NON_RETRIABLE_EXIT
-from tests.conftest import BIN, ROOT, pg_database, tiny_experiment, tiny_params, write_params
+from tests.conftest import (
+    BIN,
+    ROOT,
+    pg_database,
+    start_process,
+    stop_process,
+    tiny_experiment,
+    tiny_params,
+    wait_ready,
+    write_params,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -63,34 +71,16 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         folder = tmp_path_factory.mktemp("mlflow-server")
         port = free_port()
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        log = (folder / "server.log").open("w")
         cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", db, "--artifacts-destination", str(folder / "art")]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        # Its own session: the server forks uvicorn workers, stopped together below by group id.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Its own process group: the server forks uvicorn workers, stopped together with it.
+        proc = start_process(cmd, folder, env, folder / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 240  # schema migrations on a fresh database, on 2 busy cores
-            while True:
-                assert proc.poll() is None, (folder / "server.log").read_text()[-3000:]
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
+            wait_ready(url, proc, path="/health", seconds=240)  # schema migrations on a fresh database, 2 busy cores
             yield url
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")
