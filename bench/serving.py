@@ -325,14 +325,34 @@ def _check_and_warm(ours: str, theirs: str, sample: Sample, headers: dict[str, s
     return float(np.abs(got - sample.predictor.predict_array(sample.tensor)).max())
 
 
-def bench_serving(store: Store, quick: bool = False) -> Section:
-    section = Section("serving", "1. Serving: our service vs `mlflow models serve` (same champion)")
+@dataclass
+class LoadPlan:
+    """What benchmarks 1 and 1b share: load per level, the champions served, the API key, a scratch folder."""
+
+    duration: float
+    warmup: float
+    rounds: int
+    tasks: list[str]
+    headers: dict[str, str]
+    key_note: str
+    work: Path
+
+
+def load_plan(store: Store, section: Section, quick: bool, name: str) -> LoadPlan:
+    """The plan of one load benchmark; tasks without a champion are noted on ``section``."""
     duration, warmup, rounds = (3.0, 0.5, 2) if quick else (12.0, 0.5, 4)
     tasks, skipped = champion_tasks(store)
     for note in skipped:
         section.note(note)
     headers, key_note = api_key_headers(store)
-    work = Path(tempfile.mkdtemp(prefix="mlops-bench-serving-"))
+    work = Path(tempfile.mkdtemp(prefix=f"mlops-bench-{name}-"))
+    return LoadPlan(duration, warmup, rounds, tasks, headers, key_note, work)
+
+
+def bench_serving(store: Store, quick: bool = False) -> Section:
+    section = Section("serving", "1. Serving: our service vs `mlflow models serve` (same champion)")
+    plan = load_plan(store, section, quick, "serving")
+    duration, warmup, rounds, headers, work = plan.duration, plan.warmup, plan.rounds, plan.headers, plan.work
     table = section.table(
         f"requests/s and latency (ms) at N concurrent clients: {duration:.0f} s of load per server and level, in "
         f"{rounds} alternating slices",
@@ -353,7 +373,7 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
             "explain=false req/s / MLflow",
         ],
     )
-    by_task = samples(store, tasks, work)
+    by_task = samples(store, plan.tasks, work)
     with our_service(store, work) as ours:
         for task, sample in by_task.items():
             with mlflow_server(store, task, work) as theirs:
@@ -395,7 +415,7 @@ def bench_serving(store: Store, quick: bool = False) -> Section:
         "lane (fume_hood's and fracture's concurrent requests in micro-batches, MLOPS_BATCH_WAIT_MS and "
         "MLOPS_MAX_BATCH at their defaults, batches side by side, one per core), MLflow's runs requests in a thread "
         "pool. The load generator (async httpx, one process, one "
-        f"connection per client) shares the same cores. {key_note}."
+        f"connection per client) shares the same cores. {plan.key_note}."
     )
     return section
 
@@ -404,16 +424,12 @@ def bench_processes(store: Store, quick: bool = False) -> Section:
     """One serving process against two (``mlops serve --workers 2``), each against MLflow's one, in the same
     alternating slices."""
     section = Section("processes", "1b. One serving process vs two (`mlops serve --workers 2`)")
-    duration, warmup, rounds = (3.0, 0.5, 2) if quick else (12.0, 0.5, 4)
     shared, redis_note = redis_env()
     if shared is None:
         section.note(redis_note)
         return section
-    tasks, skipped = champion_tasks(store)
-    for note in skipped:
-        section.note(note)
-    headers, key_note = api_key_headers(store)
-    work = Path(tempfile.mkdtemp(prefix="mlops-bench-processes-"))
+    plan = load_plan(store, section, quick, "processes")
+    duration, warmup, rounds, headers, work = plan.duration, plan.warmup, plan.rounds, plan.headers, plan.work
     table = section.table(
         f"requests/s at N concurrent clients, heat map (default) and `explain=false`: {duration:.0f} s of load per "
         f"server, mode and level, in {rounds} alternating slices",
@@ -433,7 +449,7 @@ def bench_processes(store: Store, quick: bool = False) -> Section:
             "failed (1 / 2 processes)",
         ],
     )
-    by_task = samples(store, tasks, work)
+    by_task = samples(store, plan.tasks, work)
     with our_service(store, work) as ours, our_service(store, work, shared, workers=2) as ours2:
         for task, sample in by_task.items():
             with mlflow_server(store, task, work) as theirs:
@@ -465,7 +481,7 @@ def bench_processes(store: Store, quick: bool = False) -> Section:
         "Two processes: each loads every champion and computes with one torch thread, in lanes and micro-batches of "
         f"its own; their per-key rate limits live in {redis_note}. One process: `mlops serve` as in table 1. MLflow's "
         "server stays at one worker (`-w 1`), its setting in table 1. The load generator (one process) shares the "
-        f"same cores. {key_note}."
+        f"same cores. {plan.key_note}."
     )
     return section
 
