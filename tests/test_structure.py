@@ -51,7 +51,7 @@ LAYERS = (
     ("registry", "findings"),
     ("members", "audit", "audit_html"),
     ("serving", "steward_cli", "members_cli"),
-    ("cli",),
+    ("cli", "pipeline"),
 )
 BUILT_IN = ("fracture", "fume_hood", "gas_leak", "skeleton", "ttubule")
 
