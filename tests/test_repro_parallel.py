@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from mlops.pipeline import chain_stages, plan
 from tests.conftest import ROOT, run
@@ -45,3 +46,32 @@ def test_a_failing_chain_stops_the_others_and_names_its_log(tmp_path):
     assert "register@fume_hood" not in times["fume_hood"]["seconds"]
     assert "[fume_hood] not starting" in failed.stdout
     assert not (repo / "reports" / "fume_hood" / "registration.json").exists()
+
+
+@pytest.mark.timeout(60)
+def test_dvc_lock_is_read_whole_while_dvc_rewrites_it(tmp_path):
+    """Stages read dvc.lock (the recorded data versions of their lineage) while another chain's `dvc repro` may be
+    rewriting it in place; DVC does that holding its repository lock (taken here with DVC's own lock class)."""
+    import threading
+    import time
+
+    from dvc.lock import make_lock
+
+    from mlops.data.versions import recorded_versions, workspace_lock_text
+
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    stages = {f"prepare@t{i}": {"outs": [{"path": f"data/prepared/t{i}", "md5": f"{i:032x}.dir"}]} for i in range(300)}
+    whole = yaml.safe_dump({"schema": "2.0", "stages": stages})
+    lock = make_lock(str(tmp_path / ".dvc" / "tmp" / "lock"))
+    lock.lock()
+    (tmp_path / "dvc.lock").write_text(whole[: len(whole) // 2])  # DVC half way through writing it
+    seen = {}
+    reader = threading.Thread(target=lambda: seen.update(text=workspace_lock_text(tmp_path)))
+    reader.start()
+    time.sleep(0.5)
+    assert reader.is_alive(), "the reader did not wait for DVC's lock"
+    (tmp_path / "dvc.lock").write_text(whole)
+    lock.unlock()
+    reader.join(10)
+    assert seen["text"] == whole
+    assert recorded_versions(tmp_path, None)["data/prepared/t299"] == f"{299:032x}.dir"

@@ -7,9 +7,12 @@ record, without running the ``dvc`` command (which would wait for the lock a run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,11 +129,63 @@ def lock_md5(stages: dict[str, dict], stage: str, path: str, kind: str) -> str |
     return None
 
 
+#: seconds a reader of dvc.lock waits for DVC's repository lock before it reads without it
+REPO_LOCK_WAIT_S = 120.0
+
+
+@contextlib.contextmanager
+def dvc_repo_lock(root: Path, wait_s: float = REPO_LOCK_WAIT_S) -> Iterator[None]:
+    """Hold DVC's repository lock (``.dvc/tmp/lock``, the ``flock`` DVC itself takes) for a short read.
+
+    DVC rewrites dvc.lock in place, holding this lock, each time a stage ends. While a stage's command runs its own
+    `dvc repro` has released the lock, so the command can take it; with tasks' chains side by side
+    (``mlops.pipeline``) another chain's stage may end during the read, and a read without the lock once saw half a
+    file. No DVC repository here, or no lock within ``wait_s`` (another DVC command holds it, e.g. a long push): the
+    read goes ahead unlocked, and :func:`workspace_lock_text` retries a file that does not parse."""
+    import fcntl
+
+    path = root / ".dvc" / "tmp" / "lock"
+    if not path.parent.is_dir():
+        yield
+        return
+    with path.open("a") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield
+                    return
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def workspace_lock_text(root: Path, attempts: int = 5) -> str | None:
+    """The workspace's dvc.lock, read whole under DVC's repository lock (:func:`dvc_repo_lock`); None if absent."""
+    path = root / "dvc.lock"
+    for attempt in range(attempts):
+        with dvc_repo_lock(root):
+            text = path.read_text() if path.is_file() else None
+        try:
+            lock_stages(text)
+            return text
+        except yaml.YAMLError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    return None
+
+
 def recorded_versions(root: Path, rev: str | None) -> dict[str, str]:
     """path -> md5 of every out the `*.dvc` files and dvc.lock record (in the workspace, or at git ``rev``)."""
     text_of = None if rev is None else (lambda name: show(root, rev, name))
     found = {t.path: t.md5 for t in tracked_outs(root, text_of)}
-    lock = (root / "dvc.lock").read_text() if rev is None and (root / "dvc.lock").is_file() else None
+    lock = workspace_lock_text(root) if rev is None else None
     if rev is not None:
         lock = show(root, rev, "dvc.lock")
     for entry in lock_stages(lock).values():
