@@ -9,7 +9,7 @@ the short moments it needs it), takes read locks on deps and write locks on outs
 dvc.lock when it ends. Every stage is run alone (`--single-item`), so `data.dvc` is never re-committed under a
 running stage. Results do not depend on it: each stage is deterministic whatever runs beside it (a fixed thread
 count per process, seeded fits, sweeps in generations), so the outputs and dvc.lock are those of a plain
-`dvc repro` (tests/test_repro_parallel.py).
+`dvc repro` (tests/test_repro_twice.py).
 
 Run as ``python -m mlops.pipeline [--force] [--jobs N]`` (run.sh does). Each chain's output goes, line by line and
 prefixed with its task, to this terminal and to ``<MLOPS_HOME>/logs/repro-<task>.log``; the seconds each stage
@@ -45,7 +45,7 @@ def chain_stages(dvc_yaml: Path) -> list[str]:
 def changed_stages(cwd: Path) -> set[str]:
     """Stages `dvc status` reports as changed (their names as dvc.yaml's foreach makes them: ``sweep@fume_hood``)."""
     out = subprocess.run(
-        ["dvc", "status", "--json"], cwd=cwd, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        [*DVC, "status", "--json"], cwd=cwd, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
     ).stdout
     return set(json.loads(out or "{}"))
 
