@@ -33,7 +33,7 @@ from mlops.data.versions import (
     show,
     sub_listing,
     tracking,
-    workspace_lock_text,
+    workspace_lock_stages,
 )
 from mlops.validation.profile import label_distribution
 from mlops.validation.records import DOCS, record_of, samples_of, validated_at, version_dir
@@ -54,7 +54,7 @@ def _option(cmd: str, name: str) -> str | None:
 
 def task_paths(root: Path, task: str) -> dict[str, str | None]:
     """Raw folder, report, history folder and prepared folder of ``task``, from the resolved stages in dvc.lock."""
-    stages = lock_stages(workspace_lock_text(root))
+    stages = workspace_lock_stages(root)
     validate = stages.get(f"{VALIDATE_STAGE}@{task}")
     if validate is None:
         stage = f"{VALIDATE_STAGE}@{task}"

@@ -36,18 +36,26 @@ import yaml
 DVC = ("dvc", "--wait-for-lock")
 
 
+class PipelineError(Exception):
+    """The pipeline cannot start here; the message says what to do."""
+
+
 def chain_stages(dvc_yaml: Path) -> list[str]:
     """The ``foreach`` stages of dvc.yaml in their order: one task's chain (``<stage>@<task>`` for each)."""
+    if not dvc_yaml.is_file():
+        raise PipelineError(f"no {dvc_yaml.name} in {dvc_yaml.parent}: run this from the repository's root folder")
     stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
     return [name for name, body in stages.items() if isinstance(body, dict) and "foreach" in body]
 
 
 def changed_stages(cwd: Path) -> set[str]:
     """Stages `dvc status` reports as changed (their names as dvc.yaml's foreach makes them: ``sweep@fume_hood``)."""
-    out = subprocess.run(
-        [*DVC, "status", "--json"], cwd=cwd, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    ).stdout
-    return set(json.loads(out or "{}"))
+    done = subprocess.run(
+        [*DVC, "status", "--json"], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise PipelineError(f"`dvc status` failed, so what changed is unknown:\n{done.stderr.strip()}")
+    return set(json.loads(done.stdout or "{}"))
 
 
 def plan(tasks: list[str], stages: list[str], changed: set[str] | None) -> dict[str, list[str]]:
@@ -145,19 +153,17 @@ def repro(
     return results
 
 
-def prepare_stores() -> None:
+def prepare_stores(settings, tasks: list[str]) -> None:
     """The MLflow store and every task's experiment, made once before the chains start: sweeps of two tasks
     starting at once on a new SQLite store would race on its migrations ("duplicate column")."""
-    from mlops.params import load_params
-    from mlops.settings import Settings
     from mlops.tracking.runs import experiment_id
 
-    settings = Settings()
-    for task in load_params().tasks:
+    for task in tasks:
         experiment_id(settings, task)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlops.config import ConfigError
     from mlops.params import load_params
     from mlops.settings import Settings
 
@@ -169,14 +175,24 @@ def main(argv: list[str] | None = None) -> int:
         "runs sweep.workers processes of its own)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    tasks = list(load_params().tasks)
+    try:
+        tasks = list(load_params().tasks)
+    except ConfigError as exc:
+        print(f"!! {exc}", file=sys.stderr)
+        return 2
     jobs = args.jobs if args.jobs is not None else min(len(tasks), os.cpu_count() or 1)
     if jobs < 1:
         parser.error("--jobs must be at least 1")
-    results = repro(Path.cwd(), tasks, jobs, args.force, Settings().home_dir / "logs", before=prepare_stores)
+    settings = Settings()
+    logs = settings.home_dir / "logs"
+    try:
+        results = repro(Path.cwd(), tasks, jobs, args.force, logs, before=lambda: prepare_stores(settings, tasks))
+    except PipelineError as exc:
+        print(f"!! {exc}", file=sys.stderr)
+        return 2
     failed = [r for r in results if r.failed]
     for r in failed:
-        print(f"!! {r.task}: stage {r.failed} failed; its output: {Settings().home_dir / 'logs'}/repro-{r.task}.log")
+        print(f"!! {r.task}: stage {r.failed} failed; its output: {logs}/repro-{r.task}.log")
     return 1 if failed else 0
 
 

@@ -57,7 +57,7 @@ def test_dvc_lock_is_read_whole_while_dvc_rewrites_it(tmp_path):
 
     from dvc.lock import make_lock
 
-    from mlops.data.versions import recorded_versions, workspace_lock_text
+    from mlops.data.versions import recorded_versions, workspace_lock_stages
 
     (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
     stages = {f"prepare@t{i}": {"outs": [{"path": f"data/prepared/t{i}", "md5": f"{i:032x}.dir"}]} for i in range(300)}
@@ -66,12 +66,25 @@ def test_dvc_lock_is_read_whole_while_dvc_rewrites_it(tmp_path):
     lock.lock()
     (tmp_path / "dvc.lock").write_text(whole[: len(whole) // 2])  # DVC half way through writing it
     seen = {}
-    reader = threading.Thread(target=lambda: seen.update(text=workspace_lock_text(tmp_path)))
+    reader = threading.Thread(target=lambda: seen.update(stages=workspace_lock_stages(tmp_path)))
     reader.start()
     time.sleep(0.5)
     assert reader.is_alive(), "the reader did not wait for DVC's lock"
     (tmp_path / "dvc.lock").write_text(whole)
     lock.unlock()
     reader.join(10)
-    assert seen["text"] == whole
+    assert seen["stages"] == stages
     assert recorded_versions(tmp_path, None)["data/prepared/t299"] == f"{299:032x}.dir"
+
+
+@pytest.mark.timeout(120)
+def test_outside_the_repository_it_says_where_to_run_it(tmp_path):
+    """No params.yaml, then no dvc.yaml: exit 2 with what to do, no traceback."""
+    import os
+
+    env = dict(os.environ)
+    missing = run(["python", "-m", "mlops.pipeline"], tmp_path, env, check=False)
+    assert missing.returncode == 2 and "params.yaml not found" in missing.stderr and "Traceback" not in missing.stderr
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    no_dvc = run(["python", "-m", "mlops.pipeline"], tmp_path, env, check=False)
+    assert no_dvc.returncode == 2 and "no dvc.yaml" in no_dvc.stderr and "Traceback" not in no_dvc.stderr

@@ -141,7 +141,7 @@ def dvc_repo_lock(root: Path, wait_s: float = REPO_LOCK_WAIT_S) -> Iterator[None
     `dvc repro` has released the lock, so the command can take it; with tasks' chains side by side
     (``mlops.pipeline``) another chain's stage may end during the read, and a read without the lock once saw half a
     file. No DVC repository here, or no lock within ``wait_s`` (another DVC command holds it, e.g. a long push): the
-    read goes ahead unlocked, and :func:`workspace_lock_text` retries a file that does not parse."""
+    read goes ahead unlocked, and :func:`workspace_lock_stages` retries a file that does not parse."""
     import fcntl
 
     path = root / ".dvc" / "tmp" / "lock"
@@ -149,46 +149,42 @@ def dvc_repo_lock(root: Path, wait_s: float = REPO_LOCK_WAIT_S) -> Iterator[None
         yield
         return
     with path.open("a") as handle:
-        deadline = time.monotonic() + wait_s
-        while True:
+        deadline, locked = time.monotonic() + wait_s, False
+        while not locked and time.monotonic() <= deadline:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                locked = True
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    yield
-                    return
                 time.sleep(0.05)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def workspace_lock_text(root: Path, attempts: int = 5) -> str | None:
-    """The workspace's dvc.lock, read whole under DVC's repository lock (:func:`dvc_repo_lock`); None if absent."""
+def workspace_lock_stages(root: Path, attempts: int = 5) -> dict[str, dict]:
+    """The stages of the workspace's dvc.lock (empty if absent), read whole under DVC's repository lock
+    (:func:`dvc_repo_lock`) and parsed once."""
     path = root / "dvc.lock"
     for attempt in range(attempts):
         with dvc_repo_lock(root):
             text = path.read_text() if path.is_file() else None
         try:
-            lock_stages(text)
-            return text
+            return lock_stages(text)
         except yaml.YAMLError:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2)
-    return None
+    return {}
 
 
 def recorded_versions(root: Path, rev: str | None) -> dict[str, str]:
     """path -> md5 of every out the `*.dvc` files and dvc.lock record (in the workspace, or at git ``rev``)."""
     text_of = None if rev is None else (lambda name: show(root, rev, name))
     found = {t.path: t.md5 for t in tracked_outs(root, text_of)}
-    lock = workspace_lock_text(root) if rev is None else None
-    if rev is not None:
-        lock = show(root, rev, "dvc.lock")
-    for entry in lock_stages(lock).values():
+    stages = workspace_lock_stages(root) if rev is None else lock_stages(show(root, rev, "dvc.lock"))
+    for entry in stages.values():
         for out in entry.get("outs", []):
             if isinstance(out, dict) and out.get("md5"):
                 found.setdefault(out["path"].rstrip("/"), out["md5"])
